@@ -1,0 +1,369 @@
+"""Library functions behind the commands: ``train`` and ``transform``.
+
+Every command of the CLI is one of these functions, callable from a notebook.
+
+Examples
+--------
+>>> from trvae_cli import api
+>>> from trvae_cli.settings import TrainSettings
+>>> model_dir = api.train("sample_data/perturbation.h5ad", condition_key="condition",
+...                       cell_type_key="cell_type", exclude=["B:stimulated"],
+...                       out="model", settings=TrainSettings(epochs=50))      # doctest: +SKIP
+>>> pred = api.transform("model", source="control", target="stimulated", cell_type="B")  # doctest: +SKIP
+>>> pred.adata.X.shape, pred.path                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .data import anndata_io as io
+from .data.batching import dense_rows, iter_row_chunks
+from .errors import TrvaeError
+from .model_dir import (
+    CONFIG_FILE, FORMAT, FORMAT_VERSION, HISTORY_FILE, MODEL_FILE, check_writable_target,
+    load_model, publish_dir, staging_dir, write_history,
+)
+from .settings import TrainSettings
+
+log = logging.getLogger("trvae")
+DEFAULT_MODEL_DIR = "trvae_model"
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into ``labels``) of train and validation cells, stratified by condition."""
+    if not 0.0 <= fraction < 1.0:
+        raise TrvaeError(f"--validation-fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        n_val = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) > 1:
+            n_val = max(1, min(n_val, len(idx) - 1))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _validate_settings(s: TrainSettings) -> None:
+    from .model.trvae import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS  # pure constants, no backend work
+
+    checks = [
+        (s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}"),
+        (s.batch_size >= 2, f"--batch-size must be >= 2, got {s.batch_size}"),
+        (0.0 <= s.dropout < 1.0, f"--dropout must be in [0, 1), got {s.dropout}"),
+        (s.latent_dim >= 1 and s.mmd_dim >= 1, "--latent-dim and --mmd-dim must be >= 1"),
+        (all(h >= 1 for h in s.hidden), f"--hidden sizes must be >= 1, got {list(s.hidden)}"),
+        (s.mmd_on in MMD_PLACEMENTS, f"--mmd-on must be one of {MMD_PLACEMENTS}"),
+        (s.output_activation in OUTPUT_ACTIVATIONS, f"--output-activation must be one of {OUTPUT_ACTIVATIONS}"),
+        (min(s.alpha, s.beta, s.eta) >= 0, "loss weights --alpha, --beta and --eta must be >= 0"),
+        (s.learning_rate > 0, "--learning-rate must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrvaeError(message)
+
+
+def train(
+    data: str | Path,
+    condition_key: str,
+    out: str | Path = DEFAULT_MODEL_DIR,
+    *,
+    cell_type_key: str | None = None,
+    exclude: Sequence[str] = (),
+    layer: str | None = None,
+    settings: TrainSettings | None = None,
+    force: bool = False,
+    progress: str = "auto",
+    console=None,
+    warn: Callable[[str], None] | None = None,
+) -> Path:
+    """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
+
+    Parameters
+    ----------
+    data
+        The ``.h5ad`` file (X log-normalised, sparse or dense).
+    condition_key
+        obs column holding the condition of each cell.
+    out
+        Model directory to write (must not exist unless ``force``).
+    cell_type_key, exclude
+        ``exclude=["NK:stimulated"]`` drops those cells from training (out-of-sample runs).
+    layer
+        Use ``adata.layers[layer]`` instead of X.
+    settings
+        Hyperparameters (:class:`~trvae_cli.settings.TrainSettings`).
+    progress
+        ``"rich"``, ``"plain"`` (a line per epoch on stderr), ``"none"`` or ``"auto"``.
+    """
+    s = settings or TrainSettings()
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    _validate_settings(s)
+    data = Path(data)
+    out = Path(out)
+    check_writable_target(out, force)
+
+    adata = io.read_h5ad(data)
+    matrix = io.get_matrix(adata, layer)
+    selection = io.select_training_cells(adata, condition_key, cell_type_key, exclude)
+    rows = np.flatnonzero(selection.mask)
+    io.check_finite(matrix[rows] if len(rows) < adata.n_obs else matrix, "X" if layer is None else f"layer {layer!r}")
+    if io.looks_like_counts(matrix):
+        warn(
+            "the data look like raw counts (all integers, large values); trVAE's MSE loss expects "
+            "log-normalised values: normalise and log1p first, or choose a matrix with --layer"
+        )
+    train_pos, val_pos = _validation_split(selection.labels, s.validation_fraction, s.seed)
+
+    from .backend import keras_module, seed_everything, versions
+
+    keras = keras_module()
+    seed_everything(s.seed)
+    from .model import TRVAE
+    from .training import CellBatches, EpochTimer, KLWarmup, PlainProgress, RichProgress, history_rows
+
+    model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate))
+
+    train_batches = CellBatches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size,
+                                seed=s.seed, balanced=s.balanced_batches)
+    val_batches = None
+    monitor = "loss"
+    if len(val_pos):
+        val_batches = CellBatches(matrix, rows[val_pos], selection.labels[val_pos], s.batch_size,
+                                  seed=s.seed + 1, fixed=True, balanced=s.balanced_batches)
+        monitor = "val_loss"
+
+    callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
+    if s.lr_patience > 0:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=s.lr_factor, patience=s.lr_patience, min_lr=1e-6, verbose=0))
+    early = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
+        restore_best_weights=True, verbose=0)
+    callbacks.append(early)
+    if progress == "auto":
+        progress = "rich" if sys.stderr.isatty() else "plain"
+    if progress == "rich":
+        from .console import stderr_console
+
+        callbacks.append(RichProgress(s.epochs, console or stderr_console()))
+    elif progress == "plain":
+        callbacks.append(PlainProgress(s.epochs))
+
+    t0 = time.perf_counter()
+    history = model.fit(train_batches, validation_data=val_batches, epochs=s.epochs,
+                        callbacks=callbacks, verbose=0, shuffle=False)
+    seconds = time.perf_counter() - t0
+    rows_hist = history_rows(history.history)
+
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": _command_line(),
+        "model": model.get_config(),
+        "training": s.to_dict(),
+        "data": {
+            "path": str(data.resolve()),
+            "condition_key": condition_key,
+            "conditions": selection.conditions,
+            "cell_type_key": cell_type_key,
+            "exclude": list(exclude),
+            "layer": layer,
+            "n_cells_train": int(len(train_pos)),
+            "n_cells_validation": int(len(val_pos)),
+            "n_cells_excluded": selection.n_excluded,
+            "n_genes": int(adata.n_vars),
+        },
+        "var_names": [str(g) for g in adata.var_names],
+        "result": {
+            "epochs_run": len(rows_hist),
+            "best_epoch": int(early.best_epoch) + 1 if early.best_weights is not None else len(rows_hist),
+            "best_" + monitor: float(early.best) if early.best_weights is not None else None,
+            "train_seconds": round(seconds, 2),
+        },
+        "versions": versions(),
+    }
+    staged = staging_dir(out)
+    try:
+        model.save(staged / MODEL_FILE)
+        (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        write_history(staged / HISTORY_FILE, rows_hist)
+        publish_dir(staged, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class Prediction:
+    adata: "object"   # anndata.AnnData
+    path: Path | None
+    defaults_used: dict
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "x"
+
+
+def default_prediction_path(model_dir: Path, source: str, target: str, cell_type: str | None) -> Path:
+    name = f"{_safe_name(source)}_to_{_safe_name(target)}"
+    if cell_type is not None:
+        name += f"_{_safe_name(cell_type)}"
+    return model_dir / f"{name}.h5ad"
+
+
+def transform(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    data: str | Path | None = None,
+    *,
+    source: str,
+    target: str,
+    out: str | Path | None = None,
+    cell_type: str | None = None,
+    condition_key: str | None = None,
+    cell_type_key: str | None = None,
+    decode: str = "mean",
+    seed: int = 0,
+    batch_size: int = 1024,
+    force: bool = False,
+    write: bool = True,
+) -> Prediction:
+    """Predict how the ``source`` cells of ``data`` would look under ``target``.
+
+    Encodes the selected source cells with the source condition, decodes with the
+    target condition. ``decode="mean"`` decodes the posterior mean of z
+    (deterministic); ``"sample"`` decodes one draw of q(z|x) per cell, seeded.
+    Returns a :class:`Prediction` (the AnnData, where it was written, and which
+    defaults were filled in).
+    """
+    if decode not in ("mean", "sample"):
+        raise TrvaeError(f"--decode must be 'mean' or 'sample', got {decode!r}")
+    model_dir = Path(model_dir)
+    cfg, model = None, None
+    from .model_dir import read_config
+
+    cfg = read_config(model_dir)
+    defaults: dict = {}
+    dcfg = cfg["data"]
+    if data is None:
+        data = dcfg["path"]
+        defaults["data"] = data
+    if condition_key is None:
+        condition_key = dcfg["condition_key"]
+    if cell_type_key is None:
+        cell_type_key = dcfg.get("cell_type_key")
+    if out is None and write:
+        out = default_prediction_path(model_dir, source, target, cell_type)
+        defaults["out"] = str(out)
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_writable_target(out, force)
+
+    conditions = list(dcfg["conditions"])
+    for label, name in ((source, "--from"), (target, "--to")):
+        if label not in conditions:
+            raise TrvaeError(f"{name} {label!r} is not a condition the model knows; it knows: {', '.join(conditions)}")
+
+    adata = io.read_h5ad(data)
+    cond = io.require_obs_key(adata, condition_key, "condition")
+    io.require_values(cond, [source], condition_key)
+    mask = cond.values == source
+    if cell_type is not None:
+        if not cell_type_key:
+            raise TrvaeError("--cell-type needs a cell-type key (train with --cell-type-key or pass --cell-type-key)")
+        ct = io.require_obs_key(adata, cell_type_key, "cell-type")
+        io.require_values(ct, [cell_type], cell_type_key)
+        mask &= ct.values == cell_type
+        if not mask.any():
+            raise TrvaeError(f"no cells are both {condition_key}={source!r} and {cell_type_key}={cell_type!r}")
+    columns = io.gene_indexer(adata.var_names, cfg["var_names"])
+    matrix = io.get_matrix(adata, dcfg.get("layer"))
+    rows = np.flatnonzero(mask)
+    sub = matrix[rows]
+    io.check_finite(sub)
+
+    from .backend import versions
+
+    cfg, model = load_model(model_dir)
+    src_idx, dst_idx = conditions.index(source), conditions.index(target)
+    z_all, pred_all = [], []
+    rng = np.random.default_rng(seed)
+    eye = np.eye(len(conditions), dtype=np.float32)
+    for chunk in iter_row_chunks(len(rows), batch_size):
+        x = dense_rows(sub, chunk, columns)
+        c_src = np.repeat(eye[src_idx][None], len(chunk), axis=0)
+        c_dst = np.repeat(eye[dst_idx][None], len(chunk), axis=0)
+        z_mean, z_log_var = (np.asarray(a) for a in model.encoder.predict_on_batch([x, c_src]))
+        z = z_mean
+        if decode == "sample":
+            z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
+        x_hat, _ = model.decoder.predict_on_batch([z, c_dst])
+        z_all.append(z.astype(np.float32))
+        pred_all.append(np.asarray(x_hat, dtype=np.float32))
+
+    import anndata as ad
+    import pandas as pd
+
+    obs = adata.obs.iloc[rows].copy()
+    obs[condition_key] = pd.Categorical([target] * len(rows), categories=conditions)
+    obs["trvae_source_condition"] = pd.Categorical([source] * len(rows), categories=conditions)
+    pred = ad.AnnData(
+        X=np.concatenate(pred_all) if pred_all else np.zeros((0, len(cfg["var_names"])), np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(cfg["var_names"], name=None)),
+    )
+    pred.obsm["X_trvae"] = np.concatenate(z_all) if z_all else np.zeros((0, model.latent_dim), np.float32)
+    pred.uns["trvae"] = {
+        "model": str(model_dir.resolve()),
+        "data": str(Path(data).resolve()),
+        "condition_key": condition_key,
+        "from": source,
+        "to": target,
+        "cell_type_key": cell_type_key or "",
+        "cell_type": cell_type or "",
+        "decode": decode,
+        "seed": int(seed),
+        "n_cells": int(len(rows)),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": _command_line(),
+        "versions": versions(),
+    }
+    if out is not None:
+        write_h5ad_atomic(pred, out)
+    return Prediction(pred, out, defaults)
+
+
+def write_h5ad_atomic(adata, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,96 @@
+"""Importing Keras quietly, seeding, and recording versions.
+
+TensorFlow is heavy and chatty: nothing imports it at module level. The commands
+that need the model call :func:`keras_module`, which silences TensorFlow's C++
+log noise first (unless the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from contextlib import contextmanager, nullcontext
+
+
+@contextmanager
+def _silenced_stderr_fd():
+    """Send C-level stderr to /dev/null (TensorFlow's absl logs ignore TF_CPP_MIN_LOG_LEVEL
+    before absl is initialised). Python exceptions are unaffected."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. click's CliRunner
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def keras_module():
+    """Import Keras (TensorFlow backend unless KERAS_BACKEND says otherwise), quietly."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"
+    with _silenced_stderr_fd() if quiet else nullcontext():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe logs here; keep it quiet
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+    return keras
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and backend seeds; deterministic kernels under TensorFlow."""
+    keras = keras_module()
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    import numpy
+
+    from . import __version__
+
+    keras = keras_module()
+    backend = keras.backend.backend()
+    backend_version = None
+    try:
+        mod = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+        if mod:
+            backend_version = __import__(mod).__version__
+    except Exception:  # pragma: no cover
+        pass
+    return {
+        "trvae": __version__,
+        "keras": keras.__version__,
+        "backend": backend,
+        "backend_version": backend_version,
+        "numpy": numpy.__version__,
+        "anndata": version("anndata"),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,152 @@
+"""The ``trvae`` command line: thin click commands over :mod:`trvae_cli.api`.
+
+Nothing here imports TensorFlow at module level, so ``trvae --help`` is instant.
+Human-readable logs go to stderr; stdout carries only the paths written, so
+``pred=$(trvae transform ...)`` works in pipelines.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import TrvaeError
+from .settings import TrainSettings
+
+D = TrainSettings()
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not sizes:
+        raise click.BadParameter("give at least one layer size")
+    return sizes
+
+
+class TrvaeGroup(click.Group):
+    """Turns TrvaeError into one line on stderr and exit code 2, with no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TrvaeError as exc:
+            _err(f"error: {exc}")
+            ctx.exit(2)
+
+
+@click.group(cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="trvae")
+def main():
+    """trVAE: train a conditional VAE with an MMD-regularised decoder and transform
+    cells from one condition to another, including cell types never seen in the
+    target condition.
+
+    \b
+    Typical use:
+      trvae train data.h5ad --condition condition --cell-type-key cell_type --exclude NK:stimulated
+      trvae transform --from control --to stimulated --cell-type NK
+    """
+
+
+@main.command()
+@click.argument("data", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--condition", "--condition-key", "condition_key", required=True,
+              help="obs column holding each cell's condition.")
+@click.option("--out", "-o", default="trvae_model", show_default=True, help="Model directory to write.")
+@click.option("--cell-type-key", default=None, help="obs column holding cell types (needed by --exclude).")
+@click.option("--exclude", multiple=True, metavar="CELLTYPE:CONDITION",
+              help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample.")
+@click.option("--layer", default=None, help="Use adata.layers[LAYER] instead of X.")
+@click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True)
+@click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True)
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
+              default=D.validation_fraction, show_default=True)
+@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,
+              show_default=True, help="Epochs without validation improvement before stopping (0: never); "
+              "the best weights are restored.")
+@click.option("--lr-patience", type=click.IntRange(min=0), default=D.lr_patience, show_default=True,
+              help="Epochs without improvement before the learning rate is multiplied by --lr-factor (0: off).")
+@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=D.lr_factor, show_default=True)
+@click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True,
+              help="Epochs over which the KL weight ramps from 0 to --alpha.")
+@click.option("--mmd-on", type=click.Choice(["decoder", "latent", "none"]), default=D.mmd_on, show_default=True,
+              help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
+@click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight.")
+@click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight.")
+@click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight.")
+@click.option("--reconstruction", type=click.Choice(["mse", "sse"]), default=D.reconstruction, show_default=True)
+@click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True,
+              help="Hidden layer sizes of the encoder (the decoder mirrors them).")
+@click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True,
+              help="Width of the MMD layer (first decoder layer) and last encoder layer.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True)
+@click.option("--output-activation", type=click.Choice(["relu", "linear"]), default=D.output_activation,
+              show_default=True)
+@click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
+              help="Equal share of every condition in each batch.")
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def train(data, condition_key, out, cell_type_key, exclude, layer, quiet, force, **opts):
+    """Train trVAE on DATA (.h5ad) and write a model directory."""
+    from . import api
+
+    settings = TrainSettings(**opts)
+    path = api.train(
+        data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
+        settings=settings, force=force, progress="none" if quiet else "auto",
+    )
+    if not quiet:
+        _err(f"model written to {path}")
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
+@click.option("--data", default=None, help="Input .h5ad [default: the file the model was trained on].")
+@click.option("--from", "source", required=True, help="Condition of the cells to transform.")
+@click.option("--to", "target", required=True, help="Condition to transform them to.")
+@click.option("--out", "-o", default=None, help="Output .h5ad [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad].")
+@click.option("--cell-type", default=None, help="Only transform cells of this cell type.")
+@click.option("--condition", "--condition-key", "condition_key", default=None,
+              help="obs column of the condition in DATA [default: the model's].")
+@click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
+@click.option("--decode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="Decode the posterior mean of z (deterministic) or one sample of q(z|x).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --decode sample.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
+def transform(model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
+              decode, seed, force, quiet):
+    """Transform cells from one condition (--from) to another (--to)."""
+    from . import api
+
+    pred = api.transform(
+        model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
+        condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, seed=seed, force=force,
+    )
+    if not quiet:
+        if model_dir == "trvae_model":
+            _err("using default --model trvae_model")
+        for key, value in pred.defaults_used.items():
+            _err(f"using default --{key} {value}")
+        _err(f"wrote {pred.adata.n_obs} predicted cells ({source} -> {target}) to {pred.path}")
+    click.echo(str(pred.path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""AnnData input and batching (NumPy / SciPy / anndata only; no Keras)."""

@@ -1,0 +1,10 @@
+"""The network and its losses; knows nothing about AnnData or files."""
+
+from .layers import MMDLoss, Sampling
+from .mmd import KERNEL_SCALES, multiscale_rbf_kernel, pairwise_condition_mmd
+from .trvae import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TRVAE
+
+__all__ = [
+    "KERNEL_SCALES", "MMDLoss", "MMD_PLACEMENTS", "OUTPUT_ACTIVATIONS", "Sampling", "TRVAE",
+    "multiscale_rbf_kernel", "pairwise_condition_mmd",
+]

@@ -1,0 +1,57 @@
+"""The two custom layers of trVAE: reparameterised sampling and the MMD loss layer.
+
+Both are registered Keras classes (no lambdas), so a saved model loads with
+``safe_mode=True`` and loading never executes code from the model file.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from .mmd import KERNEL_SCALES, pairwise_condition_mmd
+
+
+@keras.saving.register_keras_serializable(package="trvae")
+class Sampling(keras.layers.Layer):
+    """Draws z = mu + exp(log_var / 2) * eps with its own seeded generator."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * eps
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="trvae")
+class MMDLoss(keras.layers.Layer):
+    """Identity on its activations; adds ``beta * MMD`` across conditions to the model loss.
+
+    Called as ``layer([activations, onehot_conditions])``. The MMD is the sum over
+    every pair of conditions present in the batch (see :mod:`trvae_cli.model.mmd`
+    for the kernel and the estimator). With ``beta = 0`` it still runs, adding 0.
+    """
+
+    def __init__(self, beta=1.0, scales=KERNEL_SCALES, **kwargs):
+        super().__init__(**kwargs)
+        self.beta = float(beta)
+        self.scales = tuple(float(s) for s in scales)
+
+    def call(self, inputs):
+        h, onehot = inputs
+        mmd = pairwise_condition_mmd(h, onehot, self.scales)
+        self.add_loss(self.beta * mmd)
+        return h
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta, "scales": list(self.scales)}

@@ -1,0 +1,186 @@
+"""The trVAE model: one class, three regularisation variants.
+
+``mmd_on="decoder"`` is trVAE (MMD on the first decoder layer g1),
+``mmd_on="latent"`` is the MMD-CVAE (MMD on z), ``mmd_on="none"`` the plain CVAE.
+
+Network (seed section 3, Table 3; every size an option)::
+
+    encoder f([x, onehot(s)]): hidden... -> mmd_dim -> (z_mean, z_log_var)   (latent_dim)
+    decoder g1([z, onehot(s)]): mmd_dim                  <- the MMD layer
+            g2: reversed(hidden)... -> n_genes (ReLU or linear)
+
+Each hidden block is Dense(no bias) -> BatchNorm -> LeakyReLU(0.2) -> Dropout.
+The MMD layer's activation is taken after the LeakyReLU, before its dropout,
+as in the original implementation.
+
+Loss = eta * reconstruction + alpha * kl_factor * KL + beta * MMD, with the scaling
+of :mod:`trvae_cli.model.losses`; ``kl_factor`` is a non-trainable weight that
+a warm-up callback ramps from 0 to 1. Only ``keras`` and ``keras.ops`` are
+used, so the model runs under the TensorFlow, JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from .layers import MMDLoss, Sampling
+from .losses import RECONSTRUCTION_LOSSES, kl_divergence, reconstruction_loss
+
+MMD_PLACEMENTS = ("decoder", "latent", "none")
+OUTPUT_ACTIVATIONS = ("relu", "linear")
+
+
+def _block(h, units, dropout, name, seed):
+    """Dense(no bias) -> BN -> LeakyReLU; returns (pre-dropout, post-dropout)."""
+    h = layers.Dense(units, use_bias=False, name=f"{name}_dense")(h)
+    h = layers.BatchNormalization(name=f"{name}_bn")(h)
+    act = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(h)
+    out = layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
+    return act, out
+
+
+def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed):
+    x = keras.Input((n_genes,), name="x")
+    c = keras.Input((n_conditions,), name="condition")
+    h = layers.Concatenate(name="encoder_input")([x, c])
+    for i, units in enumerate((*hidden, mmd_dim)):
+        _, h = _block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i)
+    z_mean = layers.Dense(latent_dim, name="z_mean")(h)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(h)
+    return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed):
+    z = keras.Input((latent_dim,), name="z")
+    c = keras.Input((n_conditions,), name="condition")
+    h = layers.Concatenate(name="decoder_input")([z, c])
+    s = None if seed is None else seed + 100
+    mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s)
+    for i, units in enumerate(reversed(hidden)):
+        _, h = _block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i)
+    x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
+    return keras.Model([z, c], [x_hat, mmd_act], name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="trvae")
+class TRVAE(keras.Model):
+    """Conditional VAE with an MMD penalty across conditions.
+
+    Called on ``(x, condition_index)``; returns a dict with ``x_hat``, ``z_mean``,
+    ``z_log_var``, ``z`` and ``mmd_layer`` (the g1 activations).
+
+    Examples
+    --------
+    >>> model = TRVAE(n_genes=100, n_conditions=2, hidden=(64,), mmd_dim=32, latent_dim=8)  # doctest: +SKIP
+    >>> model.compile(optimizer="adam")                                                     # doctest: +SKIP
+    >>> model.fit(batches, epochs=10)                                                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_conditions: int,
+        hidden=(800, 800),
+        mmd_dim: int = 128,
+        latent_dim: int = 50,
+        dropout: float = 0.2,
+        output_activation: str = "relu",
+        mmd_on: str = "decoder",
+        alpha: float = 1e-5,
+        beta: float = 100.0,
+        eta: float = 100.0,
+        reconstruction: str = "mse",
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mmd_on not in MMD_PLACEMENTS:
+            raise ValueError(f"mmd_on must be one of {MMD_PLACEMENTS}, got {mmd_on!r}")
+        if reconstruction not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_LOSSES}")
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}")
+        self.n_genes = int(n_genes)
+        self.n_conditions = int(n_conditions)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.mmd_dim = int(mmd_dim)
+        self.latent_dim = int(latent_dim)
+        self.dropout = float(dropout)
+        self.output_activation = output_activation
+        self.mmd_on = mmd_on
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.eta = float(eta)
+        self.reconstruction = reconstruction
+        self.seed = seed
+
+        self.encoder = build_encoder(
+            self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
+            self.latent_dim, self.dropout, seed,
+        )
+        self.decoder = build_decoder(
+            self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
+            self.latent_dim, self.dropout, output_activation, seed,
+        )
+        self.sampling = Sampling(seed=None if seed is None else seed + 1000, name="sampling")
+        self.mmd_loss = None if mmd_on == "none" else MMDLoss(beta=self.beta, name="mmd_loss")
+        self.kl_factor = self.add_weight(
+            shape=(), initializer="ones", trainable=False, name="kl_factor"
+        )
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.mmd_tracker = keras.metrics.Mean(name="mmd")
+
+    # -- forward -----------------------------------------------------------------
+    def onehot(self, condition):
+        condition = ops.reshape(ops.cast(condition, "int32"), (-1,))
+        return ops.one_hot(condition, self.n_conditions)
+
+    def call(self, inputs, training=False):
+        x, condition = inputs
+        c = self.onehot(condition)
+        z_mean, z_log_var = self.encoder([x, c], training=training)
+        z = self.sampling([z_mean, z_log_var])
+        x_hat, g1 = self.decoder([z, c], training=training)
+        if self.mmd_on == "decoder":
+            g1 = self.mmd_loss([g1, c])
+        elif self.mmd_on == "latent":
+            z = self.mmd_loss([z, c])
+        return {"x_hat": x_hat, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "mmd_layer": g1}
+
+    def build(self, input_shape=None):
+        # Sub-networks are functional and already built in __init__.
+        self.built = True
+
+    # -- loss --------------------------------------------------------------------
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        x_true = x[0]
+        recon = reconstruction_loss(x_true, y_pred["x_hat"], self.reconstruction)
+        kl = kl_divergence(y_pred["z_mean"], y_pred["z_log_var"])
+        weighted_mmd = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
+        total = self.eta * recon + self.alpha * ops.cast(self.kl_factor, "float32") * kl + weighted_mmd
+        self.reconstruction_tracker.update_state(recon)
+        self.kl_tracker.update_state(kl)
+        self.mmd_tracker.update_state(weighted_mmd / self.beta if self.beta > 0 else weighted_mmd)
+        return total
+
+    # -- serialisation -------------------------------------------------------------
+    def get_config(self):
+        base = super().get_config()
+        return {
+            **{k: v for k, v in base.items() if k in ("name", "trainable", "dtype")},
+            "n_genes": self.n_genes,
+            "n_conditions": self.n_conditions,
+            "hidden": list(self.hidden),
+            "mmd_dim": self.mmd_dim,
+            "latent_dim": self.latent_dim,
+            "dropout": self.dropout,
+            "output_activation": self.output_activation,
+            "mmd_on": self.mmd_on,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "eta": self.eta,
+            "reconstruction": self.reconstruction,
+            "seed": self.seed,
+        }

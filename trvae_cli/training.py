@@ -1,0 +1,142 @@
+"""Keras plumbing for training: the batch feeder, KL warm-up and progress reporting.
+
+Imports Keras (and so the backend); only the commands that train or predict
+import this module.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import keras
+import numpy as np
+
+from .data.batching import BalancedSampler, dense_rows
+
+
+class CellBatches(keras.utils.PyDataset):
+    """Feeds ``((x, condition), x)`` batches, densifying one batch at a time.
+
+    ``fixed=True`` replays the same batches every epoch (for validation).
+    """
+
+    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, balanced=True):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.matrix = matrix
+        self.rows = np.asarray(rows)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.seed = seed
+        self.fixed = fixed
+        self.balanced = balanced
+        self.batch_size = batch_size
+        self._new_sampler()
+        self._batches = self.sampler.epoch()
+
+    def _new_sampler(self):
+        self.sampler = BalancedSampler(self.labels, self.batch_size, self.seed, self.balanced)
+
+    def __len__(self):
+        return self.sampler.n_batches
+
+    def __getitem__(self, i):
+        local = self._batches[i]
+        x = dense_rows(self.matrix, self.rows[local])
+        return (x, self.labels[local]), x
+
+    def on_epoch_end(self):
+        if self.fixed:
+            self._new_sampler()
+        self._batches = self.sampler.epoch()
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Ramps the model's ``kl_factor`` linearly from 0 to 1 over ``epochs`` epochs."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        factor = 1.0 if self.epochs <= 0 else min(1.0, epoch / self.epochs)
+        self.model.kl_factor.assign(factor)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``seconds`` and ``learning_rate`` to every epoch's logs (and so to history.csv)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self._t0
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def _fmt(logs, keys):
+    parts = []
+    for key in keys:
+        if key in logs:
+            parts.append(f"{key} {logs[key]:.4g}")
+    return "  ".join(parts)
+
+
+_TERMS = ("loss", "reconstruction", "kl", "mmd", "val_loss")
+
+
+class PlainProgress(keras.callbacks.Callback):
+    """One line per epoch on stderr, for batch jobs and logs."""
+
+    def __init__(self, epochs, stream=None):
+        super().__init__()
+        self.epochs = epochs
+        self.stream = stream or sys.stderr
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        width = len(str(self.epochs))
+        line = f"epoch {epoch + 1:>{width}}/{self.epochs}  {_fmt(logs, _TERMS)}"
+        if "seconds" in logs:
+            line += f"  ({logs['seconds']:.2f}s)"
+        print(line, file=self.stream, flush=True)
+
+
+class RichProgress(keras.callbacks.Callback):
+    """A rich progress bar over epochs, showing the loss terms."""
+
+    def __init__(self, epochs, console):
+        super().__init__()
+        self.epochs = epochs
+        self.console = console
+
+    def on_train_begin(self, logs=None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[terms]}"), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=self.epochs, terms="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.progress.update(self.task, completed=epoch + 1, terms=_fmt(logs or {}, _TERMS))
+
+    def on_train_end(self, logs=None):
+        self.progress.stop()
+
+
+def history_rows(history: dict) -> list[dict]:
+    """Per-epoch rows (epoch, loss, reconstruction, kl, mmd, val_*, lr, seconds)."""
+    n = max((len(v) for v in history.values()), default=0)
+    rows = []
+    for i in range(n):
+        row = {"epoch": i + 1}
+        for key, values in history.items():
+            if i < len(values):
+                value = values[i]
+                row[key] = float(value) if not (isinstance(value, float) and math.isnan(value)) else value
+        rows.append(row)
+    return rows
