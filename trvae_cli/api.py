@@ -34,9 +34,9 @@ from .data.batching import dense_rows, iter_row_chunks
 from .errors import TrvaeError
 from .model_dir import (
     CONFIG_FILE, FORMAT, FORMAT_VERSION, HISTORY_FILE, MODEL_FILE, check_writable_target,
-    load_model, publish_dir, staging_dir, write_history,
+    load_model, publish_dir, read_config, staging_dir, write_history,
 )
-from .settings import TrainSettings
+from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TrainSettings
 
 log = logging.getLogger("trvae")
 DEFAULT_MODEL_DIR = "trvae_model"
@@ -63,7 +63,6 @@ def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 
 def _validate_settings(s: TrainSettings) -> None:
-    from .model.trvae import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS  # pure constants, no backend work
 
     checks = [
         (s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}"),
@@ -141,7 +140,8 @@ def train(
     from .training import CellBatches, EpochTimer, KLWarmup, PlainProgress, RichProgress, history_rows
 
     model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
+                  jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
 
     train_batches = CellBatches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size,
                                 seed=s.seed, balanced=s.balanced_batches)
@@ -262,9 +262,6 @@ def transform(
     if decode not in ("mean", "sample"):
         raise TrvaeError(f"--decode must be 'mean' or 'sample', got {decode!r}")
     model_dir = Path(model_dir)
-    cfg, model = None, None
-    from .model_dir import read_config
-
     cfg = read_config(model_dir)
     defaults: dict = {}
     dcfg = cfg["data"]

@@ -99,6 +99,8 @@ def main():
 @click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
               help="Equal share of every condition in each batch.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--jit/--no-jit", default=D.jit, show_default=True,
+              help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def train(data, condition_key, out, cell_type_key, exclude, layer, quiet, force, **opts):

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+MMD_PLACEMENTS = ("decoder", "latent", "none")
+OUTPUT_ACTIVATIONS = ("relu", "linear")
+RECONSTRUCTION_LOSSES = ("mse", "sse")
+
 
 @dataclass
 class TrainSettings:
@@ -34,6 +38,7 @@ class TrainSettings:
     validation_fraction: float = 0.1
     balanced_batches: bool = True
     seed: int = 0
+    jit: bool = True
 
     def model_kwargs(self) -> dict:
         return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from keras import ops
 
-RECONSTRUCTION_LOSSES = ("mse", "sse")
 
 
 def reconstruction_loss(x, x_hat, kind: str = "mse"):

@@ -24,11 +24,9 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from ..settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES
 from .layers import MMDLoss, Sampling
-from .losses import RECONSTRUCTION_LOSSES, kl_divergence, reconstruction_loss
-
-MMD_PLACEMENTS = ("decoder", "latent", "none")
-OUTPUT_ACTIVATIONS = ("relu", "linear")
+from .losses import kl_divergence, reconstruction_loss
 
 
 def _block(h, units, dropout, name, seed):
