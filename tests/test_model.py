@@ -1,0 +1,115 @@
+"""The TRVAE model: loss terms, the MMD layer inside the loss, variants, save/load."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from trvae_cli.model import TRVAE, MMDLoss
+from trvae_cli.model.losses import kl_divergence, reconstruction_loss
+from trvae_cli.model.mmd import pairwise_condition_mmd
+
+SMALL = dict(hidden=(16,), mmd_dim=8, latent_dim=4, seed=0)
+
+
+def data(n=32, g=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, g)).astype("float32")
+    c = np.arange(n) % 2
+    return x, c.astype("int32")
+
+
+def test_reconstruction_and_kl_match_numpy():
+    rng = np.random.default_rng(0)
+    x, xh = rng.random((5, 7)).astype("float32"), rng.random((5, 7)).astype("float32")
+    mu, lv = rng.normal(size=(5, 3)).astype("float32"), rng.normal(size=(5, 3)).astype("float32")
+    mse = float(ops.convert_to_numpy(reconstruction_loss(x, xh, "mse")))
+    sse = float(ops.convert_to_numpy(reconstruction_loss(x, xh, "sse")))
+    assert mse == pytest.approx((0.5 * (x - xh) ** 2).mean(), rel=1e-5)
+    assert sse == pytest.approx((0.5 * (x - xh) ** 2).sum(1).mean(), rel=1e-5)
+    kl = float(ops.convert_to_numpy(kl_divergence(mu, lv)))
+    assert kl == pytest.approx((0.5 * (np.exp(lv) + mu**2 - 1 - lv)).mean(), rel=1e-5)
+
+
+def test_forward_shapes_and_variants():
+    x, c = data()
+    for mmd_on in ("decoder", "latent", "none"):
+        m = TRVAE(12, 2, mmd_on=mmd_on, **SMALL)
+        out = m((x, c), training=True)
+        assert tuple(out["x_hat"].shape) == (32, 12)
+        assert tuple(out["z"].shape) == (32, 4)
+        assert tuple(out["mmd_layer"].shape) == (32, 8)
+        assert (len(m.losses) == 1) == (mmd_on != "none")
+        assert float(ops.convert_to_numpy(ops.min(out["x_hat"]))) >= 0.0  # ReLU output
+
+
+def test_mmd_on_selects_the_regularised_tensor():
+    x, c = data()
+    onehot = np.eye(2, dtype="float32")[c]
+    for mmd_on, key in (("decoder", "mmd_layer"), ("latent", "z")):
+        m = TRVAE(12, 2, mmd_on=mmd_on, beta=3.0, **SMALL)
+        out = m((x, c), training=False)
+        expected = 3.0 * float(ops.convert_to_numpy(pairwise_condition_mmd(out[key], onehot)))
+        assert float(ops.convert_to_numpy(m.losses[0])) == pytest.approx(expected, rel=1e-4)
+
+
+def test_mmd_is_in_the_training_loss_with_nonzero_gradient():
+    import tensorflow as tf  # the test suite runs on the default TensorFlow backend
+
+    x, c = data()
+    x[c == 1] += 1.0  # conditions differ, so the MMD is far from 0
+    m = TRVAE(12, 2, beta=10.0, alpha=0.0, eta=0.0, dropout=0.0, **SMALL)
+    with tf.GradientTape() as tape:
+        y = m((x, c), training=True)
+        total = m.compute_loss(x=(x, c), y=x, y_pred=y)
+    mmd_value = float(m.mmd_tracker.result())
+    assert mmd_value > 0
+    assert float(total) == pytest.approx(10.0 * mmd_value, rel=1e-4)  # eta = alpha = 0: MMD only
+    g1 = m.decoder.get_layer("decoder_mmd_dense").kernel
+    enc = m.encoder.get_layer("encoder_0_dense").kernel
+    grads = tape.gradient(total, [g1, enc])
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_fit_reduces_loss_and_tracks_terms():
+    keras.utils.set_random_seed(0)
+    x, c = data(128)
+    m = TRVAE(12, 2, **SMALL)
+    m.compile(optimizer=keras.optimizers.Adam(1e-2))
+    h = m.fit((x, c), x, batch_size=32, epochs=5, verbose=0).history
+    assert {"loss", "reconstruction", "kl", "mmd"} <= set(h)
+    assert h["loss"][-1] < h["loss"][0]
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    keras.utils.set_random_seed(0)
+    x, c = data(64)
+    m = TRVAE(12, 3, **SMALL)
+    m.compile(optimizer="adam")
+    m.fit((x, c), x, batch_size=32, epochs=1, verbose=0)
+    m.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert isinstance(loaded, TRVAE) and loaded.get_config() == m.get_config()
+    onehot = np.eye(3, dtype="float32")[c]
+    for a, b in zip(m.encoder.predict_on_batch([x, onehot]), loaded.encoder.predict_on_batch([x, onehot])):
+        np.testing.assert_array_equal(a, b)
+    z = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
+    np.testing.assert_array_equal(m.decoder.predict_on_batch([z, onehot])[0],
+                                  loaded.decoder.predict_on_batch([z, onehot])[0])
+
+
+def test_mmd_layer_serialises():
+    layer = MMDLoss(beta=7.0, name="mmd")
+    clone = MMDLoss.from_config(layer.get_config())
+    assert clone.beta == 7.0 and len(clone.scales) == 19
+
+
+def test_invalid_options():
+    with pytest.raises(ValueError):
+        TRVAE(12, 2, mmd_on="encoder")
+    with pytest.raises(ValueError):
+        TRVAE(12, 2, reconstruction="nb")
