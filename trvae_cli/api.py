@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -42,8 +41,10 @@ log = logging.getLogger("trvae")
 DEFAULT_MODEL_DIR = "trvae_model"
 
 
-def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+def _api_call(name: str, **kwargs) -> str:
+    """How a library call is recorded when no CLI command line is given."""
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"trvae_cli.api.{name}({args})"
 
 
 def _validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +94,7 @@ def train(
     progress: str = "auto",
     console=None,
     warn: Callable[[str], None] | None = None,
+    command: str | None = None,
 ) -> Path:
     """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
 
@@ -179,7 +181,9 @@ def train(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": _command_line(),
+        "command": command or _api_call("train", data=str(data), condition_key=condition_key, out=str(out),
+                                         cell_type_key=cell_type_key, exclude=list(exclude), layer=layer,
+                                         settings=s),
         "model": model.get_config(),
         "training": s.to_dict(),
         "data": {
@@ -250,6 +254,7 @@ def transform(
     batch_size: int = 1024,
     force: bool = False,
     write: bool = True,
+    command: str | None = None,
 ) -> Prediction:
     """Predict how the ``source`` cells of ``data`` would look under ``target``.
 
@@ -300,7 +305,7 @@ def transform(
     matrix = io.get_matrix(adata, dcfg.get("layer"))
     rows = np.flatnonzero(mask)
     sub = matrix[rows]
-    io.check_finite(sub)
+    io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
 
     from .backend import versions
 
@@ -345,7 +350,8 @@ def transform(
         "seed": int(seed),
         "n_cells": int(len(rows)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": _command_line(),
+        "command": command or _api_call("transform", model_dir=str(model_dir), data=str(data), source=source,
+                                         target=target, cell_type=cell_type, decode=decode, seed=seed),
         "versions": versions(),
     }
     if out is not None:

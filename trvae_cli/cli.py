@@ -7,6 +7,7 @@ Human-readable logs go to stderr; stdout carries only the paths written, so
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -34,6 +35,30 @@ def _int_list(ctx, param, value):
     return sizes
 
 
+def _invocation(ctx: click.Context) -> str:
+    """The command as it ran, every parameter spelled out (defaults included): reproducible."""
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+            continue
+        if value is None or param.name in ("quiet", "force"):
+            continue
+        if param.is_flag:
+            if param.secondary_opts:
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                words.append(param.opts[0])
+            continue
+        values = value if param.multiple else [value]
+        for v in values:
+            if isinstance(v, tuple):
+                v = ",".join(map(str, v))
+            words += [param.opts[0], str(v)]
+    return shlex.join(words)
+
+
 class TrvaeGroup(click.Group):
     """Turns TrvaeError into one line on stderr and exit code 2, with no traceback."""
 
@@ -45,7 +70,7 @@ class TrvaeGroup(click.Group):
             ctx.exit(2)
 
 
-@click.group(cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(name="trvae", cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="trvae")
 def main():
     """trVAE: train a conditional VAE with an MMD-regularised decoder and transform
@@ -103,14 +128,15 @@ def main():
               help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def train(data, condition_key, out, cell_type_key, exclude, layer, quiet, force, **opts):
+@click.pass_context
+def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, **opts):
     """Train trVAE on DATA (.h5ad) and write a model directory."""
     from . import api
 
     settings = TrainSettings(**opts)
     path = api.train(
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
-        settings=settings, force=force, progress="none" if quiet else "auto",
+        settings=settings, force=force, progress="none" if quiet else "auto", command=_invocation(ctx),
     )
     if not quiet:
         _err(f"model written to {path}")
@@ -132,7 +158,8 @@ def train(data, condition_key, out, cell_type_key, exclude, layer, quiet, force,
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --decode sample.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
-def transform(model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
+@click.pass_context
+def transform(ctx, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
               decode, seed, force, quiet):
     """Transform cells from one condition (--from) to another (--to)."""
     from . import api
@@ -140,6 +167,7 @@ def transform(model_dir, data, source, target, out, cell_type, condition_key, ce
     pred = api.transform(
         model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
         condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, seed=seed, force=force,
+        command=_invocation(ctx),
     )
     if not quiet:
         if model_dir == "trvae_model":

@@ -40,13 +40,19 @@ def publish_dir(staged: Path, final: Path) -> None:
     """Move a finished staging directory into place (replacing ``final``)."""
     if final.exists():
         backup = final.with_name(f".{final.name}.old")
-        if backup.exists():
-            shutil.rmtree(backup)
+        _remove(backup)
         final.rename(backup)
         staged.rename(final)
-        shutil.rmtree(backup, ignore_errors=True)
+        _remove(backup)
     else:
         staged.rename(final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

@@ -16,15 +16,15 @@ RECONSTRUCTION_LOSSES = ("mse", "sse")
 @dataclass
 class TrainSettings:
     # network
-    hidden: tuple[int, ...] = (800, 800)
-    mmd_dim: int = 128
-    latent_dim: int = 50
-    dropout: float = 0.2
+    hidden: tuple[int, ...] = (128,)
+    mmd_dim: int = 32
+    latent_dim: int = 10
+    dropout: float = 0.0
     output_activation: str = "relu"
     mmd_on: str = "decoder"
     # loss
-    alpha: float = 1e-5
-    beta: float = 100.0
+    alpha: float = 1e-4
+    beta: float = 1.0
     eta: float = 100.0
     reconstruction: str = "mse"
     kl_warmup: int = 0
@@ -32,7 +32,7 @@ class TrainSettings:
     learning_rate: float = 1e-3
     batch_size: int = 128
     epochs: int = 300
-    early_stopping_patience: int = 30
+    early_stopping_patience: int = 20
     lr_patience: int = 10
     lr_factor: float = 0.5
     validation_fraction: float = 0.1

@@ -24,34 +24,43 @@ class BalancedSampler:
         self.groups = [np.flatnonzero(self.labels == k) for k in np.unique(self.labels)]
         self.n_batches = max(1, math.ceil(len(self.labels) / self.batch_size))
 
-    def _shares(self) -> np.ndarray:
+    def _shares(self, batch: int) -> np.ndarray:
+        """Cells per condition in batch number ``batch``: equal, the remainder rotating."""
         k = len(self.groups)
         share = np.full(k, self.batch_size // k)
-        share[: self.batch_size % k] += 1
+        extra = (batch + np.arange(self.batch_size % k)) % k
+        share[extra] += 1
         return share
+
+    def _refill(self, group: np.ndarray, taken: np.ndarray) -> np.ndarray:
+        """A new permutation of ``group`` with the cells already in this batch at its end."""
+        perm = self.rng.permutation(group)
+        if taken.size:
+            used = np.isin(perm, taken)
+            perm = np.concatenate([perm[~used], perm[used]])
+        return perm
 
     def epoch(self) -> list[np.ndarray]:
         """The batches of one epoch (index arrays, sorted within each batch)."""
         if not self.balanced:
             perm = self.rng.permutation(len(self.labels))
             return [np.sort(b) for b in np.array_split(perm, self.n_batches)]
-        share = self._shares()
         queues = [self.rng.permutation(g) for g in self.groups]
         pos = [0] * len(self.groups)
         batches = []
-        for _ in range(self.n_batches):
+        for b in range(self.n_batches):
             parts = []
-            for g, (group, n) in enumerate(zip(self.groups, share)):
-                take = []
+            for g, (group, n) in enumerate(zip(self.groups, self._shares(b))):
+                taken = np.empty(0, dtype=group.dtype)
                 while n > 0:
                     if pos[g] >= len(queues[g]):
-                        queues[g] = self.rng.permutation(group)
+                        queues[g] = self._refill(group, taken)
                         pos[g] = 0
                     step = min(n, len(queues[g]) - pos[g])
-                    take.append(queues[g][pos[g]: pos[g] + step])
+                    taken = np.concatenate([taken, queues[g][pos[g]: pos[g] + step]])
                     pos[g] += step
                     n -= step
-                parts.extend(take)
+                parts.append(taken)
             batches.append(np.sort(np.concatenate(parts)))
         return batches
 

@@ -3,7 +3,8 @@
 ``mmd_on="decoder"`` is trVAE (MMD on the first decoder layer g1),
 ``mmd_on="latent"`` is the MMD-CVAE (MMD on z), ``mmd_on="none"`` the plain CVAE.
 
-Network (seed section 3, Table 3; every size an option)::
+Network (seed section 3, Table 3; every size an option, defaults in
+:class:`~trvae_cli.settings.TrainSettings`)::
 
     encoder f([x, onehot(s)]): hidden... -> mmd_dim -> (z_mean, z_log_var)   (latent_dim)
     decoder g1([z, onehot(s)]): mmd_dim                  <- the MMD layer
@@ -24,9 +25,11 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from ..settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES
+from ..settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
 from .layers import MMDLoss, Sampling
 from .losses import kl_divergence, reconstruction_loss
+
+_D = TrainSettings()  # the tool's measured defaults (see the README), one source of truth
 
 
 def _block(h, units, dropout, name, seed):
@@ -79,16 +82,16 @@ class TRVAE(keras.Model):
         self,
         n_genes: int,
         n_conditions: int,
-        hidden=(800, 800),
-        mmd_dim: int = 128,
-        latent_dim: int = 50,
-        dropout: float = 0.2,
-        output_activation: str = "relu",
-        mmd_on: str = "decoder",
-        alpha: float = 1e-5,
-        beta: float = 100.0,
-        eta: float = 100.0,
-        reconstruction: str = "mse",
+        hidden=_D.hidden,
+        mmd_dim: int = _D.mmd_dim,
+        latent_dim: int = _D.latent_dim,
+        dropout: float = _D.dropout,
+        output_activation: str = _D.output_activation,
+        mmd_on: str = _D.mmd_on,
+        alpha: float = _D.alpha,
+        beta: float = _D.beta,
+        eta: float = _D.eta,
+        reconstruction: str = _D.reconstruction,
         seed: int | None = None,
         **kwargs,
     ):
