@@ -18,37 +18,10 @@ import json
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_pbmc_valid.h5ad"
-
-
-def top_degs(adata, condition_key, cell_type_key, cell_type, source, target, n):
-    import scanpy as sc
-
-    sub = adata[adata.obs[cell_type_key] == cell_type].copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(sub, groupby=condition_key, groups=[target], reference=source,
-                                method="wilcoxon", n_genes=n)
-    names = [row[0] for row in sub.uns["rank_genes_groups"]["names"]][:n]
-    return sub.var_names.get_indexer(names)
-
-
-def mean_shift(adata, condition_key, cell_type_key, cell_type, source, target):
-    from trvae_cli.metrics import gene_means
-
-    cond = adata.obs[condition_key].astype(str).values
-    ct = adata.obs[cell_type_key].astype(str).values
-    others = ct != cell_type
-    delta = gene_means(adata.X[others & (cond == target)]) - gene_means(adata.X[others & (cond == source)])
-    x = adata.X[(ct == cell_type) & (cond == source)]
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    return np.maximum(x + delta[None, :], 0.0)
 
 
 def main(argv=None):
@@ -75,7 +48,7 @@ def main(argv=None):
 
     from trvae_cli import api
     from trvae_cli.cli import main as cli
-    from trvae_cli.metrics import r2_scores
+    from trvae_cli.metrics import mean_shift_prediction, r2_scores, top_degs
 
     out = Path(args.out)
     model_dir = out / "model"
@@ -95,8 +68,8 @@ def main(argv=None):
     ct = adata.obs[args.cell_type_key].astype(str).values
     real = adata.X[(ct == args.cell_type) & (cond == args.target)]
     ctrl = adata.X[(ct == args.cell_type) & (cond == args.source)]
-    degs = top_degs(adata, args.condition_key, args.cell_type_key, args.cell_type, args.source,
-                    args.target, args.n_degs)
+    degs = top_degs(adata, args.condition_key, args.source, args.target, args.n_degs,
+                    args.cell_type_key, args.cell_type)
 
     def score(pred):
         all_ = r2_scores(real, pred)
@@ -111,8 +84,9 @@ def main(argv=None):
                              cell_type=args.cell_type, decode=decode, write=False)
         result[f"trvae_{decode}"] = score(pred.adata.X)
     result["identity"] = score(ctrl)
-    result["mean_shift"] = score(mean_shift(adata, args.condition_key, args.cell_type_key, args.cell_type,
-                                            args.source, args.target))
+    others = ct != args.cell_type
+    result["mean_shift"] = score(mean_shift_prediction(
+        ctrl, adata.X[others & (cond == args.source)], adata.X[others & (cond == args.target)]))
     cfg = json.loads((model_dir / "config.json").read_text())
     result["epochs_run"] = cfg["result"]["epochs_run"]
     result["best_epoch"] = cfg["result"]["best_epoch"]

@@ -75,12 +75,16 @@ class EpochTimer(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def _fmt(logs, keys):
+def _fmt(logs, keys, short=False):
     parts = []
     for key in keys:
         if key in logs:
-            parts.append(f"{key} {logs[key]:.4g}")
+            name = _SHORT.get(key, key) if short else key
+            parts.append(f"{name} {logs[key]:.4g}")
     return "  ".join(parts)
+
+
+_SHORT = {"reconstruction": "rec", "val_loss": "val"}
 
 
 _TERMS = ("loss", "reconstruction", "kl", "mmd", "val_loss")
@@ -115,14 +119,14 @@ class RichProgress(keras.callbacks.Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(bar_width=16), TimeElapsedColumn(),
             TextColumn("{task.fields[terms]}"), console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=self.epochs, terms="")
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progress.update(self.task, completed=epoch + 1, terms=_fmt(logs or {}, _TERMS))
+        self.progress.update(self.task, completed=epoch + 1, terms=_fmt(logs or {}, _TERMS, short=True))
 
     def on_train_end(self, logs=None):
         self.progress.stop()
