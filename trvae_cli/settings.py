@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 MMD_PLACEMENTS = ("decoder", "latent", "none")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 RECONSTRUCTION_LOSSES = ("mse", "sse")
+#: Settings that are constructor arguments of the model (and so part of its saved config).
+MODEL_FIELDS = ("hidden", "mmd_dim", "latent_dim", "dropout", "output_activation", "mmd_on",
+                "alpha", "beta", "eta", "reconstruction", "seed")
 
 
 @dataclass
@@ -41,19 +44,8 @@ class TrainSettings:
     jit: bool = True
 
     def model_kwargs(self) -> dict:
-        return {
-            "hidden": tuple(self.hidden),
-            "mmd_dim": self.mmd_dim,
-            "latent_dim": self.latent_dim,
-            "dropout": self.dropout,
-            "output_activation": self.output_activation,
-            "mmd_on": self.mmd_on,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "eta": self.eta,
-            "reconstruction": self.reconstruction,
-            "seed": self.seed,
-        }
+        """The arguments of :class:`~trvae_cli.model.TRVAE` that these settings fix."""
+        return {name: getattr(self, name) for name in MODEL_FIELDS}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from ..settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
+from ..settings import MMD_PLACEMENTS, MODEL_FIELDS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
 from .layers import MMDLoss, Sampling
 from .losses import kl_divergence, reconstruction_loss
 
@@ -169,19 +169,8 @@ class TRVAE(keras.Model):
     # -- serialisation -------------------------------------------------------------
     def get_config(self):
         base = super().get_config()
-        return {
-            **{k: v for k, v in base.items() if k in ("name", "trainable", "dtype")},
-            "n_genes": self.n_genes,
-            "n_conditions": self.n_conditions,
-            "hidden": list(self.hidden),
-            "mmd_dim": self.mmd_dim,
-            "latent_dim": self.latent_dim,
-            "dropout": self.dropout,
-            "output_activation": self.output_activation,
-            "mmd_on": self.mmd_on,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "eta": self.eta,
-            "reconstruction": self.reconstruction,
-            "seed": self.seed,
-        }
+        config = {k: v for k, v in base.items() if k in ("name", "trainable", "dtype")}
+        config.update(n_genes=self.n_genes, n_conditions=self.n_conditions)
+        config.update({name: getattr(self, name) for name in MODEL_FIELDS})
+        config["hidden"] = list(self.hidden)
+        return config
