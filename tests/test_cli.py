@@ -266,6 +266,19 @@ def test_train_force_overwrites_and_same_seed_gives_identical_weights(
         np.testing.assert_array_equal(wa, wb)
 
 
+def test_dense_x_trains_exactly_like_sparse_x(trained_model, tiny, fast_train_args, data_dir, work):
+    dense = tiny.copy()
+    dense.X = np.asarray(dense.X.toarray())
+    path = _write(dense, data_dir / "dense.h5ad")
+    out = work / "dense_model"
+    assert_ok(invoke("train", path, "--condition", "condition", "--cell-type-key", "cell_type",
+                     "--exclude", "NK:stimulated", "--out", out, *fast_train_args))
+    a = load_keras_model(trained_model / "model.keras").get_weights()
+    b = load_keras_model(out / "model.keras").get_weights()
+    for wa, wb in zip(a, b):
+        np.testing.assert_array_equal(wa, wb)
+
+
 def _transform_x(model, out, *extra):
     result = invoke("transform", "--model", model, "--from", "control", "--to", "stimulated",
                     "--cell-type", "NK", "--out", out, "-q", *extra)

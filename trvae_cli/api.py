@@ -81,6 +81,29 @@ def _validate_settings(s: TrainSettings) -> None:
             raise TrvaeError(message)
 
 
+def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console):
+    """(early stopping, every callback): timing, KL warm-up, LR schedule, early stopping, progress."""
+    from .training import EpochTimer, KLWarmup, PlainProgress, RichProgress
+
+    callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
+    if s.lr_patience > 0:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=s.lr_factor, patience=s.lr_patience, min_lr=1e-6, verbose=0))
+    early = keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
+        restore_best_weights=True, verbose=0)
+    callbacks.append(early)
+    if progress == "auto":
+        progress = "rich" if sys.stderr.isatty() else "plain"
+    if progress == "rich":
+        from .console import stderr_console
+
+        callbacks.append(RichProgress(s.epochs, console or stderr_console()))
+    elif progress == "plain":
+        callbacks.append(PlainProgress(s.epochs))
+    return early, callbacks
+
+
 def train(
     data: str | Path,
     condition_key: str,
@@ -139,7 +162,7 @@ def train(
     keras = keras_module()
     seed_everything(s.seed)
     from .model import TRVAE
-    from .training import CellBatches, EpochTimer, KLWarmup, PlainProgress, RichProgress, history_rows
+    from .training import CellBatches, history_rows
 
     model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
@@ -154,23 +177,7 @@ def train(
                                   seed=s.seed + 1, fixed=True, balanced=s.balanced_batches)
         monitor = "val_loss"
 
-    callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
-    if s.lr_patience > 0:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=s.lr_factor, patience=s.lr_patience, min_lr=1e-6, verbose=0))
-    early = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
-        restore_best_weights=True, verbose=0)
-    callbacks.append(early)
-    if progress == "auto":
-        progress = "rich" if sys.stderr.isatty() else "plain"
-    if progress == "rich":
-        from .console import stderr_console
-
-        callbacks.append(RichProgress(s.epochs, console or stderr_console()))
-    elif progress == "plain":
-        callbacks.append(PlainProgress(s.epochs))
-
+    early, callbacks = _callbacks(keras, s, monitor, progress, console)
     t0 = time.perf_counter()
     history = model.fit(train_batches, validation_data=val_batches, epochs=s.epochs,
                         callbacks=callbacks, verbose=0, shuffle=False)
