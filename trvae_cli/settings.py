@@ -33,7 +33,7 @@ class TrainSettings:
     kl_warmup: int = 0
     # optimisation
     learning_rate: float = 1e-3
-    batch_size: int = 128
+    batch_size: int = 512
     epochs: int = 300
     early_stopping_patience: int = 20
     lr_patience: int = 10
