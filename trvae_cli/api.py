@@ -16,7 +16,6 @@ Examples
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -37,7 +36,6 @@ from .model_dir import (
 )
 from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TrainSettings
 
-log = logging.getLogger("trvae")
 DEFAULT_MODEL_DIR = "trvae_model"
 
 

@@ -7,7 +7,6 @@ what was found.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ import scipy.sparse as sp
 
 from ..errors import TrvaeError
 
-log = logging.getLogger("trvae")
 
 
 def _preview(values: Sequence, n: int = 8) -> str:
