@@ -314,7 +314,7 @@ def transform(
 
     from .backend import versions
 
-    cfg, model = load_model(model_dir)
+    cfg, model = load_model(model_dir, cfg)
     src_idx, dst_idx = conditions.index(source), conditions.index(target)
     z_all, pred_all = [], []
     rng = np.random.default_rng(seed)

@@ -87,9 +87,12 @@ def read_config(model_dir: str | Path) -> dict:
     return cfg
 
 
-def load_model(model_dir: str | Path):
-    """Load (config, TRVAE). Keras' safe_mode stays on: nothing in the file is executed."""
-    cfg = read_config(model_dir)
+def load_model(model_dir: str | Path, cfg: dict | None = None):
+    """Load (config, TRVAE). Keras' safe_mode stays on: nothing in the file is executed.
+
+    ``cfg``: the directory's config when the caller has already read it with :func:`read_config`.
+    """
+    cfg = cfg if cfg is not None else read_config(model_dir)
     from .backend import keras_module
 
     keras = keras_module()
