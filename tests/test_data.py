@@ -226,21 +226,16 @@ def test_select_needs_two_conditions_in_the_data():
         select_training_cells(ad.AnnData(X=np.zeros((4, 2)), obs=obs), "condition")
 
 
-def test_select_unknown_condition_lists_values(small_adata):
+@pytest.mark.parametrize("exclusion, missing, listed", [
+    ("NK:stimulated", "'stimulated'", ("ctrl", "stim", "inh")),   # unknown condition
+    ("Mono:stim", "'Mono'", ("B", "NK", "T")),                     # unknown cell type
+])
+def test_select_unknown_value_lists_the_values(small_adata, exclusion, missing, listed):
     with pytest.raises(TrvaeError) as info:
-        select_training_cells(small_adata, "condition", "cell_type", ["NK:stimulated"])
+        select_training_cells(small_adata, "condition", "cell_type", [exclusion])
     msg = str(info.value)
-    assert "'stimulated'" in msg
-    for value in ("ctrl", "stim", "inh"):
-        assert value in msg
-
-
-def test_select_unknown_cell_type_lists_values(small_adata):
-    with pytest.raises(TrvaeError) as info:
-        select_training_cells(small_adata, "condition", "cell_type", ["Mono:stim"])
-    msg = str(info.value)
-    assert "'Mono'" in msg
-    for value in ("B", "NK", "T"):
+    assert missing in msg
+    for value in listed:
         assert value in msg
 
 
