@@ -8,7 +8,7 @@ line with R² (per-gene mean and variance, all genes and top-N DEGs) for the
 prediction (mean and sampled decoding), the identity baseline (the control
 cells themselves) and the mean-shift baseline, plus the training time.
 DEGs: scanpy ``rank_genes_groups`` (wilcoxon), real stimulated vs control of the
-held-out cell type, top N by score. Needs scanpy (``pip install -e .[bench]``).
+held-out cell type, top N by score. Needs scanpy (a dependency of trvae).
 """
 
 from __future__ import annotations

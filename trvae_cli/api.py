@@ -351,6 +351,7 @@ def transform(
         "to": target,
         "cell_type_key": cell_type_key or "",
         "cell_type": cell_type or "",
+        "layer": dcfg.get("layer") or "",
         "decode": decode,
         "seed": int(seed),
         "n_cells": int(len(rows)),
@@ -362,6 +363,61 @@ def transform(
     if out is not None:
         write_h5ad_atomic(pred, out)
     return Prediction(pred, out, defaults)
+
+
+def embed(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    data: str | Path | None = None,
+    *,
+    condition_key: str | None = None,
+    max_cells: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+):
+    """The latent space z and the MMD layer of every cell, each encoded and decoded with its own
+    condition (cells of conditions the model does not know are left out).
+
+    Returns an AnnData (the data's obs, no X) with ``obsm["X_trvae"]`` (posterior mean of z)
+    and ``obsm["X_trvae_mmd"]`` (the first decoder layer, where trVAE's MMD acts).
+    ``max_cells`` keeps a random subset (seeded).
+    """
+    model_dir = Path(model_dir)
+    cfg = read_config(model_dir)
+    dcfg = cfg["data"]
+    data = data if data is not None else dcfg["path"]
+    condition_key = condition_key or dcfg["condition_key"]
+    adata = io.read_h5ad(data)
+    cond = io.require_obs_key(adata, condition_key, "condition")
+    conditions = list(dcfg["conditions"])
+    known = np.isin(cond.astype(str).values, conditions)
+    if not known.any():
+        raise TrvaeError(f"no cell of {data} has a condition the model knows ({', '.join(conditions)})")
+    rows = np.flatnonzero(known)
+    if max_cells is not None and len(rows) > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_cells, replace=False))
+    columns = io.gene_indexer(adata.var_names, cfg["var_names"])
+    sub = io.get_matrix(adata, dcfg.get("layer"))[rows]
+    io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
+    codes = np.array([conditions.index(c) for c in cond.astype(str).values[rows]])
+    eye = np.eye(len(conditions), dtype=np.float32)
+
+    cfg, model = load_model(model_dir, cfg)
+    z_all, h_all = [], []
+    for chunk in iter_row_chunks(len(rows), batch_size):
+        x, c = dense_rows(sub, chunk, columns), eye[codes[chunk]]
+        z_mean, _ = model.encoder.predict_on_batch([x, c])
+        _, h = model.decoder.predict_on_batch([np.asarray(z_mean), c])
+        z_all.append(np.asarray(z_mean, np.float32))
+        h_all.append(np.asarray(h, np.float32))
+
+    import anndata as ad
+
+    out = ad.AnnData(obs=adata.obs.iloc[rows].copy())
+    out.obsm["X_trvae"] = np.concatenate(z_all)
+    out.obsm["X_trvae_mmd"] = np.concatenate(h_all)
+    out.uns["trvae"] = {"model": str(model_dir.resolve()), "data": str(Path(data).resolve()),
+                        "condition_key": condition_key, "cell_type_key": dcfg.get("cell_type_key") or ""}
+    return out
 
 
 def write_h5ad_atomic(adata, path: Path) -> None:

@@ -39,29 +39,40 @@ def r2_scores(real, pred, genes: np.ndarray | None = None) -> dict:
     return {"r2_mean": r2(rm, pm), "r2_var": r2(rv, pv)}
 
 
-def top_degs(adata, condition_key: str, source: str, target: str, n: int = 100,
-             cell_type_key: str | None = None, cell_type: str | None = None) -> np.ndarray:
-    """Column indices of the top-``n`` DEGs, target vs source, by scanpy's wilcoxon score.
+def rank_degs(target, source, var_names, n: int = 100) -> np.ndarray:
+    """Column indices of the top-``n`` genes up or down in ``target`` vs ``source`` cells.
 
-    As in scGen/trVAE: ``sc.tl.rank_genes_groups`` on the cells of one cell type,
-    grouped by condition; the ranked list is sliced to ``n`` (scGen's tutorial
-    passes the whole list). Needs scanpy.
+    As in scGen/trVAE: ``sc.tl.rank_genes_groups(method="wilcoxon")`` with the target
+    group against the source as reference, ranked by score; the ranked list is sliced to
+    ``n`` (scGen's tutorial passes the whole list). Needs scanpy.
     """
     import warnings
 
+    import anndata as ad
+    import pandas as pd
     import scanpy as sc
 
-    sub = adata
-    if cell_type is not None:
-        sub = adata[adata.obs[cell_type_key].astype(str).values == cell_type]
-    sub = sub[sub.obs[condition_key].astype(str).isin([source, target]).values].copy()
-    sub.obs[condition_key] = sub.obs[condition_key].astype(str).astype("category")
+    x = sp.vstack([sp.csr_matrix(target), sp.csr_matrix(source)]).tocsr()
+    groups = np.array(["target"] * target.shape[0] + ["source"] * source.shape[0])
+    sub = ad.AnnData(X=x, obs=pd.DataFrame({"group": pd.Categorical(groups)},
+                                           index=[str(i) for i in range(len(groups))]))
+    sub.var_names = [str(g) for g in var_names]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.tl.rank_genes_groups(sub, groupby=condition_key, groups=[target], reference=source,
+        sc.tl.rank_genes_groups(sub, groupby="group", groups=["target"], reference="source",
                                 method="wilcoxon", n_genes=n)
     names = [row[0] for row in sub.uns["rank_genes_groups"]["names"]][:n]
-    return adata.var_names.get_indexer(names)
+    return sub.var_names.get_indexer(names)
+
+
+def top_degs(adata, condition_key: str, source: str, target: str, n: int = 100,
+             cell_type_key: str | None = None, cell_type: str | None = None) -> np.ndarray:
+    """:func:`rank_degs` of the ``target`` vs ``source`` cells of ``adata`` (of one cell type)."""
+    keep = np.ones(adata.n_obs, bool)
+    if cell_type is not None:
+        keep = adata.obs[cell_type_key].astype(str).values == cell_type
+    cond = adata.obs[condition_key].astype(str).values
+    return rank_degs(adata.X[keep & (cond == target)], adata.X[keep & (cond == source)], adata.var_names, n)
 
 
 def mean_shift_prediction(x_source, x_other_source, x_other_target) -> np.ndarray:
@@ -69,3 +80,99 @@ def mean_shift_prediction(x_source, x_other_source, x_other_target) -> np.ndarra
     delta = gene_means(x_other_target) - gene_means(x_other_source)
     x = x_source.toarray() if sp.issparse(x_source) else np.asarray(x_source)
     return np.maximum(x + delta[None, :], 0.0)
+
+
+# --- subsampling -----------------------------------------------------------------------------
+
+def subsample_size(n: int, fraction: float) -> int:
+    """Cells drawn per subsample: ``round(fraction * n)``, at least 2 (a variance needs 2), at most n."""
+    return int(min(n, max(2, round(fraction * n))))
+
+
+def subsample_indices(n: int, fraction: float, n_subsamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_subsamples, k) row indices, each row drawn without replacement and sorted."""
+    k = subsample_size(n, fraction)
+    return np.stack([np.sort(rng.choice(n, size=k, replace=False)) for _ in range(n_subsamples)])
+
+
+def per_gene_stats(x) -> tuple[np.ndarray, np.ndarray]:
+    """(means, variances) of each gene."""
+    return gene_means(x), gene_variances(x)
+
+
+def subsampled_r2(real, pred, genes: np.ndarray, real_idx: np.ndarray, pred_idx: np.ndarray) -> dict:
+    """R² of per-gene means and variances over paired subsamples of real and predicted cells.
+
+    ``real_idx[i]`` and ``pred_idx[i]`` are the rows of subsample ``i``. Returns, for each of
+    ``r2_mean_all``, ``r2_mean_degs``, ``r2_var_all``, ``r2_var_degs``, an array of one value
+    per subsample.
+    """
+    out: dict[str, list[float]] = {k: [] for k in ("r2_mean_all", "r2_mean_degs", "r2_var_all", "r2_var_degs")}
+    for ri, pi in zip(real_idx, pred_idx):
+        rm, rv = per_gene_stats(real[ri])
+        pm, pv = per_gene_stats(pred[pi])
+        out["r2_mean_all"].append(r2(rm, pm))
+        out["r2_var_all"].append(r2(rv, pv))
+        out["r2_mean_degs"].append(r2(rm[genes], pm[genes]))
+        out["r2_var_degs"].append(r2(rv[genes], pv[genes]))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+# --- change, distances, DEG recovery ---------------------------------------------------------
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r; NaN when either side is constant (e.g. a prediction that changes nothing)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(stats.pearsonr(a, b).statistic)
+
+
+def change_pearson(pred_mean, real_mean, source_mean) -> float:
+    """Pearson r of the predicted change (pred - source) against the real change (real - source)."""
+    return pearson(np.asarray(pred_mean) - source_mean, np.asarray(real_mean) - source_mean)
+
+
+def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import cdist
+
+    return cdist(np.asarray(x, np.float64), np.asarray(y, np.float64), "sqeuclidean")
+
+
+def mmd(x: np.ndarray, y: np.ndarray, scales=None) -> float:
+    """Biased MMD² between two point sets with the training kernel (19 scales used as variances)::
+
+        k(a, b) = 1/S * sum_s exp(-||a - b||^2 / (2 s))
+        MMD^2 = mean k(X, X) + mean k(Y, Y) - 2 mean k(X, Y)
+    """
+    from .kernel import KERNEL_SCALES
+
+    scales = KERNEL_SCALES if scales is None else scales
+
+    def k(d2):
+        return np.mean([np.exp(-d2 / (2.0 * s)) for s in scales], axis=0).mean()
+
+    return float(max(k(_sq_dists(x, x)) + k(_sq_dists(y, y)) - 2.0 * k(_sq_dists(x, y)), 0.0))
+
+
+def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Energy distance with plain Euclidean distances (Székely & Rizzo; pertpy since 2025)::
+
+        E = 2 mean ||x - y|| - mean ||x - x'|| - mean ||y - y'||
+
+    V-statistic form (within-set means include the zero diagonal), so E >= 0 and E = 0 only
+    for identical point sets. Not scPerturb's squared-Euclidean variant, which reduces to
+    about twice the squared distance of the means and so ignores everything but the mean.
+    """
+    def d(a, b):
+        return np.sqrt(np.maximum(_sq_dists(a, b), 0.0)).mean()
+
+    return float(max(2.0 * d(x, y) - d(x, x) - d(y, y), 0.0))
+
+
+def overlap_fraction(reference: np.ndarray, found: np.ndarray) -> float:
+    """Fraction of ``reference`` items that are also in ``found``."""
+    reference = np.asarray(reference)
+    if len(reference) == 0:
+        return float("nan")
+    return float(np.isin(reference, np.asarray(found)).mean())

@@ -1,0 +1,189 @@
+"""Figure builders: arrays in, a matplotlib ``Figure`` out.
+
+They use ``matplotlib.figure.Figure`` directly (no pyplot, no global state, no display),
+so they work headless and in notebooks alike; :func:`save_figure` writes one to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import TrvaeError
+
+FORMATS = ("png", "pdf", "svg")
+GREY, DEG_COLOUR, TOP_COLOUR = "#9a9a9a", "#1f77b4", "#d62728"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+
+
+def figure_format(path: str | Path) -> str:
+    """png, pdf or svg, from the file extension."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in FORMATS:
+        raise TrvaeError(f"cannot tell the image format of {path}: use a .png, .pdf or .svg file name")
+    return ext
+
+
+def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Write ``fig`` (format from the extension) via a temporary file: never half-written."""
+    path = Path(path)
+    fmt = figure_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                    metadata={"Software": "trvae"} if fmt == "png" else None)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def regression_figure(real: np.ndarray, pred: np.ndarray, genes: Sequence[str], degs: np.ndarray, *,
+                      r2_all: float, r2_degs: float, statistic: str = "mean", n_label: int = 10,
+                      title: str = "", xlabel: str = "real", ylabel: str = "predicted"):
+    """Per-gene ``statistic`` of real (x) vs predicted (y) cells, as in the paper's Fig. 5b-c.
+
+    Every gene is a grey point, the top DEGs are blue, the first ``n_label`` DEGs red and
+    labelled; the line is the least-squares fit over all genes.
+    """
+    from scipy import stats
+
+    fig = _figure(5.6, 5.2)
+    ax = fig.add_subplot()
+    degs = np.asarray(degs, int)
+    top = degs[:n_label]
+    rest = np.setdiff1d(np.arange(len(real)), degs)
+    ax.scatter(real[rest], pred[rest], s=6, c=GREY, alpha=0.6, linewidths=0, label="other genes", rasterized=True)
+    ax.scatter(real[degs[n_label:]], pred[degs[n_label:]], s=10, c=DEG_COLOUR, alpha=0.8, linewidths=0,
+               label=f"top {len(degs)} DEGs")
+    ax.scatter(real[top], pred[top], s=18, c=TOP_COLOUR, linewidths=0, label=f"top {len(top)} DEGs")
+    for i in top:
+        ax.annotate(str(genes[i]), (real[i], pred[i]), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                    color=TOP_COLOUR)
+    fit = stats.linregress(real, pred)
+    lo, hi = float(min(real.min(), pred.min())), float(max(real.max(), pred.max()))
+    xs = np.array([lo, hi])
+    ax.plot(xs, fit.intercept + fit.slope * xs, color="black", lw=1, label=f"fit (slope {fit.slope:.2f})")
+    ax.plot(xs, xs, color="black", lw=0.6, ls=":", label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}\nR² all genes = {r2_all:.3f}, top {len(degs)} DEGs = {r2_degs:.3f}".strip(), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    return fig
+
+
+def violin_figure(groups: Mapping[str, np.ndarray], *, title: str = "", ylabel: str = "expression"):
+    """One violin per group (real source, real target, each prediction), as in Fig. 5d."""
+    fig = _figure(max(3.5, 1.3 * len(groups) + 1.5), 4.2)
+    ax = fig.add_subplot()
+    names = list(groups)
+    data = [np.asarray(groups[n], float) for n in names]
+    parts = ax.violinplot(data, showmeans=True, showextrema=False)
+    for body, colour in zip(parts["bodies"], PALETTE):
+        body.set_facecolor(colour)
+        body.set_alpha(0.55)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=3, c="black", alpha=0.35, linewidths=0,
+                   rasterized=True)
+    ax.set_xticks(range(1, len(names) + 1), [f"{n}\n(n={len(d)})" for n, d in zip(names, data)], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def embedding_figure(panels: Sequence[tuple[str, np.ndarray, Sequence[str], str]], ncols: int = 2):
+    """Scatter panels ``(title, coords (n, 2), labels, legend title)``, coloured by label."""
+    import pandas as pd
+
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig = _figure(5.2 * ncols, 4.4 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (title, coords, labels, legend) in zip(axes, panels):
+        cats = pd.Categorical(np.asarray(labels, dtype=str))
+        order = np.random.default_rng(0).permutation(len(coords))   # no category painted over the others
+        colours = np.array([PALETTE[i % len(PALETTE)] for i in range(len(cats.categories))])
+        ax.scatter(coords[order, 0], coords[order, 1], s=4, c=colours[cats.codes[order]], linewidths=0,
+                   rasterized=True)
+        for i, cat in enumerate(cats.categories):
+            ax.scatter([], [], s=20, c=colours[i], label=str(cat))
+        ax.legend(title=legend, fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False, markerscale=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+    for ax in axes[len(panels):]:
+        ax.remove()
+    return fig
+
+
+def history_figure(rows: Sequence[Mapping[str, float]], terms: Sequence[str], *, best_epoch: int | None = None,
+                   title: str = ""):
+    """One panel per loss term: training and validation per epoch, best epoch marked."""
+    ncols = min(len(terms), 2)
+    nrows = int(np.ceil(len(terms) / ncols))
+    fig = _figure(4.6 * ncols, 3.2 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    epochs = np.array([r["epoch"] for r in rows], float)
+
+    def column(key):
+        return np.array([r.get(key, np.nan) if r.get(key) not in ("", None) else np.nan for r in rows], float)
+
+    for ax, term in zip(axes, terms):
+        train, val = column(term), column(f"val_{term}")
+        ax.plot(epochs, train, lw=1.2, label="training")
+        if np.isfinite(val).any():
+            ax.plot(epochs, val, lw=1.2, label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="black", lw=0.8, ls=":", label=f"best epoch ({best_epoch})")
+        positive = np.concatenate([train[np.isfinite(train)], val[np.isfinite(val)]])
+        if len(positive) and positive.min() > 0 and positive.max() / positive.min() > 50:
+            ax.set_yscale("log")
+        ax.set_title(term, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7, frameon=False)
+    for ax in axes[len(terms):]:
+        ax.remove()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def compare_figure(labels: Sequence[str], metrics: Sequence[tuple[str, str]], values: np.ndarray,
+                   errors: np.ndarray, *, kinds: Sequence[str] = (), title: str = ""):
+    """Grouped bars: one group per metric, one bar per label, ``errors`` as error bars (Fig. 5e).
+
+    ``values`` and ``errors`` are (len(labels), len(metrics)); reference rows are hatched.
+    """
+    n, m = len(labels), len(metrics)
+    fig = _figure(max(5.0, 1.0 + m * (0.35 * n + 0.6)), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(n, 1)
+    x = np.arange(m)
+    for i, label in enumerate(labels):
+        ref = i < len(kinds) and kinds[i] == "reference"
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values[i], nan=0.0), width,
+               yerr=np.nan_to_num(errors[i], nan=0.0), capsize=2, color=PALETTE[i % len(PALETTE)],
+               alpha=0.45 if ref else 0.9, hatch="//" if ref else None, label=label, edgecolor="white")
+    ax.set_xticks(x, [name for _, name in metrics], fontsize=8)
+    ax.set_ylabel("R²")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", lw=0.4, alpha=0.5)
+    ax.set_axisbelow(True)
+    return fig
