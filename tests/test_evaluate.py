@@ -1,0 +1,284 @@
+"""``trvae evaluate``: figures against independent computations, the JSON/CSV outputs, user errors."""
+
+import csv
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from cli_helpers import assert_ok, assert_user_error, invoke
+
+from trvae_cli.evaluation import POINT_METRICS, R2_METRICS, evaluate, report_frame
+
+FAST = ["--n-degs", "10", "--n-subsamples", "8", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_h5ad):
+    return ad.read_h5ad(tiny_h5ad)
+
+
+@pytest.fixture(scope="module")
+def preds(trained_model, tmp_path_factory):
+    """Two predictions of the held-out NK stimulated cells: decoded means and samples."""
+    d = tmp_path_factory.mktemp("preds")
+    out = {}
+    for decode in ("mean", "sample"):
+        path = d / f"nk_{decode}.h5ad"
+        assert_ok(invoke("transform", "--model", trained_model, "--from", "control", "--to", "stimulated",
+                         "--cell-type", "NK", "--decode", decode, "--out", path, "-q"))
+        out[decode] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(preds):
+    return evaluate([preds["mean"]], n_degs=10, n_subsamples=8)
+
+
+@pytest.fixture
+def work(tmp_path):
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def _groups(tiny, cell_type="NK"):
+    ct = tiny.obs["cell_type"].astype(str).values
+    cond = tiny.obs["condition"].astype(str).values
+    x = tiny.X.toarray()
+    return x[(ct == cell_type) & (cond == "control")], x[(ct == cell_type) & (cond == "stimulated")], x, ct, cond
+
+
+def _r2(a, b):
+    return np.corrcoef(a, b)[0, 1] ** 2
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_provenance_fills_every_default(report, tiny_h5ad):
+    t = report["task"]
+    assert (t["from"], t["to"], t["cell_type"], t["condition_key"]) == ("control", "stimulated", "NK", "condition")
+    assert t["real"] == str(tiny_h5ad.resolve())
+    assert (t["n_real_source"], t["n_real_target"], t["n_genes"]) == (67, 121, 40)
+    assert [r["label"] for r in report["results"]] == ["identity", "mean shift", "model"]
+
+
+def test_r2_agrees_with_an_independent_implementation(report, preds, tiny):
+    """The paper's R² (squared Pearson of per-gene means / variances), computed here with np.corrcoef."""
+    import scanpy as sc
+
+    src, dst, *_ = _groups(tiny)
+    pred = ad.read_h5ad(preds["mean"]).X
+    nk = tiny[tiny.obs["cell_type"] == "NK"].copy()
+    sc.tl.rank_genes_groups(nk, "condition", groups=["stimulated"], reference="control", method="wilcoxon")
+    degs = [list(tiny.var_names).index(g) for g in [row[0] for row in nk.uns["rank_genes_groups"]["names"]][:10]]
+    assert report["degs"] == [tiny.var_names[i] for i in degs]
+    m = {r["label"]: r["metrics"] for r in report["results"]}
+    for label, x in (("model", pred), ("identity", src)):
+        assert m[label]["r2_mean_all"]["full"] == pytest.approx(_r2(dst.mean(0), x.mean(0)), abs=5e-4)
+        assert m[label]["r2_var_all"]["full"] == pytest.approx(_r2(dst.var(0), x.var(0)), abs=5e-4)
+        assert m[label]["r2_mean_degs"]["full"] == pytest.approx(_r2(dst.mean(0)[degs], x.mean(0)[degs]), abs=5e-4)
+        assert m[label]["r2_var_degs"]["full"] == pytest.approx(_r2(dst.var(0)[degs], x.var(0)[degs]), abs=5e-4)
+
+
+def test_mean_shift_reference_is_computed_from_the_other_cell_types(report, tiny):
+    src, dst, x, ct, cond = _groups(tiny)
+    delta = x[(ct != "NK") & (cond == "stimulated")].mean(0) - x[(ct != "NK") & (cond == "control")].mean(0)
+    shifted = np.maximum(src + delta, 0)
+    m = {r["label"]: r["metrics"] for r in report["results"]}["mean shift"]
+    assert m["r2_mean_all"]["full"] == pytest.approx(_r2(dst.mean(0), shifted.mean(0)), abs=5e-4)
+    assert m["change_pearson_all"] == pytest.approx(
+        np.corrcoef(shifted.mean(0) - src.mean(0), dst.mean(0) - src.mean(0))[0, 1], abs=5e-4)
+
+
+def test_every_figure_is_present_and_in_range(report):
+    for r in report["results"]:
+        for name in R2_METRICS:
+            v = r["metrics"][name]
+            assert set(v) == {"mean", "sd", "full", "n_subsamples"} and v["n_subsamples"] == 8
+            assert 0 <= v["mean"] <= 1 and v["sd"] >= 0
+        for name in POINT_METRICS:
+            assert name in r["metrics"]
+        assert r["metrics"]["mmd_pca"] >= 0 and r["metrics"]["edistance_pca"] >= 0
+    identity = report["results"][0]["metrics"]
+    assert identity["edistance_ratio"] == pytest.approx(1.0)
+    assert np.isnan(identity["change_pearson_degs"]) and np.isnan(identity["deg_recovery"])
+    model = report["results"][2]["metrics"]
+    assert 0 <= model["deg_recovery"] <= 1
+
+
+def test_full_subsamples_reproduce_the_full_estimate(preds):
+    rep = evaluate([preds["mean"]], n_degs=10, n_subsamples=2, subsample_fraction=1.0)
+    for r in rep["results"]:
+        for name in R2_METRICS:
+            v = r["metrics"][name]
+            assert v["mean"] == pytest.approx(v["full"], abs=1e-12) and v["sd"] == pytest.approx(0, abs=1e-12)
+
+
+def test_subsampling_is_seeded_and_stable_when_predictions_are_added(preds, report):
+    again = evaluate([preds["mean"]], n_degs=10, n_subsamples=8)
+    other_seed = evaluate([preds["mean"]], n_degs=10, n_subsamples=8, seed=1)
+    both = evaluate([preds["mean"], preds["sample"]], labels=["mean", "sample"], n_degs=10, n_subsamples=8)
+    values = [r["metrics"]["r2_var_all"]["mean"] for r in report["results"]]
+    assert values == [r["metrics"]["r2_var_all"]["mean"] for r in again["results"]]
+    assert values != [r["metrics"]["r2_var_all"]["mean"] for r in other_seed["results"]]
+    assert values == [r["metrics"]["r2_var_all"]["mean"] for r in both["results"][:3]]
+    assert [r["label"] for r in both["results"]] == ["identity", "mean shift", "mean", "sample"]
+
+
+def test_without_a_cell_type_the_mean_shift_is_skipped(preds, tiny_h5ad):
+    """A prediction without provenance: every task argument explicit; no held-out type, no mean shift."""
+    plain = ad.read_h5ad(preds["mean"])
+    del plain.uns["trvae"]
+    path = preds["mean"].with_name("plain.h5ad")
+    plain.write_h5ad(path)
+    rep = evaluate([path], tiny_h5ad, condition_key="condition", source="control", target="stimulated",
+                   n_degs=10, n_subsamples=4)
+    assert [r["label"] for r in rep["results"]] == ["identity", "plain"]
+    assert "mean shift" in rep["skipped"]
+    assert rep["task"]["n_real_target"] == 411
+
+
+# --------------------------------------------------------------------------- CLI and outputs
+
+
+def test_cli_pred_alone_writes_json_and_csv(preds, work):
+    res = invoke("evaluate", "--pred", preds["mean"], "--n-degs", "10", "--n-subsamples", "8",
+                 "--json", work / "e.json", "--csv", work / "e.csv")
+    assert_ok(res)
+    assert res.stdout.split() == [str(work / "e.json"), str(work / "e.csv")]
+    assert "R² mean, top 10 DEGs" in res.stderr and "mean shift" in res.stderr
+    rep = json.loads((work / "e.json").read_text())
+    assert rep["format"] == "trvae-evaluation" and rep["format_version"] == 1
+    assert set(rep) >= {"created", "command", "task", "settings", "degs", "results", "versions", "skipped"}
+    assert rep["command"].startswith("trvae evaluate --pred")
+    assert rep["versions"]["scanpy"] and rep["versions"]["trvae"]
+    assert rep["results"][0]["metrics"]["deg_recovery"] is None           # NaN is written as null
+    rows = list(csv.DictReader(open(work / "e.csv")))
+    assert len(rows) == 3 * (len(R2_METRICS) + len(POINT_METRICS))
+    assert set(rows[0]) == {"label", "kind", "cell_type", "from", "to", "metric", "value", "sd", "full",
+                            "n_cells", "path"}
+    r2 = [r for r in rows if r["label"] == "model" and r["metric"] == "r2_mean_degs"][0]
+    assert float(r2["value"]) == pytest.approx(rep["results"][2]["metrics"]["r2_mean_degs"]["mean"])
+
+
+def test_cli_json_to_stdout(preds):
+    res = invoke("evaluate", "--pred", preds["mean"], "--json", "-", *FAST)
+    assert_ok(res)
+    assert json.loads(res.stdout)["results"][2]["label"] == "model"
+
+
+def test_report_frame_is_tidy(report):
+    df = report_frame(report)
+    assert len(df) == 3 * (len(R2_METRICS) + len(POINT_METRICS))
+    assert df.groupby(["label", "metric"]).size().max() == 1
+
+
+def test_several_predictions_with_labels(preds, work):
+    res = invoke("evaluate", "--pred", preds["mean"], "--label", "trVAE mean", "--pred", preds["sample"],
+                 "--json", work / "e.json", *FAST)
+    assert_ok(res)
+    labels = [r["label"] for r in json.loads((work / "e.json").read_text())["results"]]
+    assert labels == ["identity", "mean shift", "trVAE mean", "model (sample)"]
+
+
+# --------------------------------------------------------------------------- user errors: one line, no file
+
+
+def _variant(preds, work, name, change):
+    a = ad.read_h5ad(preds["mean"])
+    a = change(a) or a
+    path = work.parent / f"{name}.h5ad"
+    a.write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--cell-type", "Neutrophil"], ["Neutrophil"]),
+    (["--to", "inhibited-typo"], ["inhibited-typo"]),
+    (["--n-degs", "41"], ["--n-degs", "40"]),
+    (["--condition", "nope"], ["nope"]),
+    (["--real", "missing.h5ad"], ["not found"]),
+])
+def test_bad_arguments(preds, work, extra, fragments):
+    args = ["--n-degs", "10", *extra] if "--n-degs" not in extra else extra
+    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--json", work / "e.json", "-q", *args),
+                      *fragments)
+    assert list(work.iterdir()) == []
+
+
+def test_gene_set_mismatch(preds, work):
+    def rename(a):
+        a.var_names = [f"other{i}" if i < 3 else g for i, g in enumerate(a.var_names)]
+    path = _variant(preds, work, "renamed", rename)
+    assert_user_error(invoke("evaluate", "--pred", path, "--json", work / "e.json", *FAST),
+                      "gene set mismatch", "3 of")
+    assert list(work.iterdir()) == []
+
+
+def test_two_predictions_with_different_genes(preds, work):
+    path = _variant(preds, work, "fewer", lambda a: a[:, 2:].copy())
+    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--pred", path, *FAST), "gene set mismatch")
+
+
+def test_fewer_than_two_predicted_cells(preds, work):
+    path = _variant(preds, work, "one_cell", lambda a: a[:1].copy())
+    assert_user_error(invoke("evaluate", "--pred", path, "--csv", work / "e.csv", *FAST), "1 cell", "at least 2")
+    assert list(work.iterdir()) == []
+
+
+def test_fewer_than_two_real_cells(preds, tiny, work):
+    keep = ~((tiny.obs["cell_type"] == "NK") & (tiny.obs["condition"] == "stimulated")).values
+    keep[np.flatnonzero(~keep)[0]] = True
+    real = work.parent / "one_real.h5ad"
+    tiny[keep].copy().write_h5ad(real)
+    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--real", real, *FAST),
+                      "stimulated", "1 cell")
+
+
+def test_nan_in_prediction(preds, work):
+    def poison(a):
+        a.X = np.asarray(a.X).copy()
+        a.X[0, 0] = np.nan
+    path = _variant(preds, work, "nan", poison)
+    assert_user_error(invoke("evaluate", "--pred", path, *FAST), "NaN")
+
+
+def test_prediction_of_another_cell_type(preds, work):
+    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--cell-type", "B", *FAST), "'NK'", "'B'")
+
+
+def test_prediction_without_provenance_needs_real(preds, work):
+    def strip(a):
+        del a.uns["trvae"]
+    path = _variant(preds, work, "bare", strip)
+    assert_user_error(invoke("evaluate", "--pred", path, *FAST), "--real")
+
+
+def test_output_exists_without_force(preds, work):
+    (work / "e.json").write_text("{}")
+    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--json", work / "e.json", *FAST), "--force")
+    assert (work / "e.json").read_text() == "{}"
+
+
+def test_sparse_prediction_scores_like_dense(preds, report, work):
+    path = _variant(preds, work, "sparse", lambda a: setattr(a, "X", sp.csr_matrix(a.X)))
+    rep = evaluate([path], n_degs=10, n_subsamples=8)
+    a = report["results"][2]["metrics"]
+    b = rep["results"][2]["metrics"]
+    for name in R2_METRICS:
+        assert b[name]["mean"] == pytest.approx(a[name]["mean"], abs=1e-6)
+
+
+def test_condition_absent_from_real(preds, tiny_h5ad, work):
+    def strip(a):
+        del a.uns["trvae"]
+    path = _variant(preds, work, "bare2", strip)
+    assert_user_error(invoke("evaluate", "--pred", path, "--real", tiny_h5ad, "--condition", "condition",
+                             "--from", "control", "--to", "washed", *FAST), "washed", "condition")
