@@ -229,7 +229,12 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
     if not quiet:
         from .console import stderr_console
 
-        stderr_console().print(ev.rich_table(report))
+        console = stderr_console()
+        if not console.is_terminal:   # a log file: no reason to wrap at 80 columns
+            from rich.console import Console
+
+            console = Console(stderr=True, width=160)
+        console.print(ev.rich_table(report))
         for name, why in report["skipped"].items():
             _err(f"note: no {name} row: {why}")
     if json_out == "-":
