@@ -102,6 +102,19 @@ def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console):
     return early, callbacks
 
 
+def encode_rows(model, matrix, codes: np.ndarray, n_conditions: int, columns=None, batch_size: int = 1024):
+    """(z_mean, z_log_var) of every row of ``matrix``, each encoded with condition ``codes[i]``."""
+    eye = np.eye(n_conditions, dtype=np.float32)
+    means, log_vars = [], []
+    for chunk in iter_row_chunks(matrix.shape[0], batch_size):
+        z_mean, z_log_var = model.encoder.predict_on_batch([dense_rows(matrix, chunk, columns), eye[codes[chunk]]])
+        means.append(np.asarray(z_mean, np.float32))
+        log_vars.append(np.asarray(z_log_var, np.float32))
+    if not means:
+        return np.zeros((0, model.latent_dim), np.float32), np.zeros((0, model.latent_dim), np.float32)
+    return np.concatenate(means), np.concatenate(log_vars)
+
+
 def train(
     data: str | Path,
     condition_key: str,
@@ -116,6 +129,7 @@ def train(
     console=None,
     warn: Callable[[str], None] | None = None,
     command: str | None = None,
+    preset: str | None = None,
 ) -> Path:
     """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
 
@@ -135,6 +149,9 @@ def train(
         Hyperparameters (:class:`~trvae_cli.settings.TrainSettings`).
     progress
         ``"rich"``, ``"plain"`` (a line per epoch on stderr), ``"none"`` or ``"auto"``.
+    preset
+        The name the settings came from (recorded only; build them with
+        :func:`~trvae_cli.settings.preset_settings`).
     """
     s = settings or TrainSettings()
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -181,6 +198,20 @@ def train(
                         callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - t0
     rows_hist = history_rows(history.history)
+    arithmetic = None
+    if not s.conditional:
+        from .arithmetic import balanced_condition_means
+
+        z, _ = encode_rows(model, matrix[rows], selection.labels, len(selection.conditions))
+        types = None
+        if cell_type_key:
+            types = adata.obs[cell_type_key].astype(str).values[rows]
+        means = balanced_condition_means(z, [selection.conditions[k] for k in selection.labels], types)
+        arithmetic = {
+            "method": "scGen latent arithmetic: z + mean z(target) - mean z(source), cell types weighted equally",
+            "cell_type_key": cell_type_key,
+            "means": {cond: [float(v) for v in means[cond]] for cond in selection.conditions if cond in means},
+        }
 
     config = {
         "format": FORMAT,
@@ -190,6 +221,7 @@ def train(
                                          cell_type_key=cell_type_key, exclude=list(exclude), layer=layer,
                                          settings=s),
         "model": model.get_config(),
+        "preset": preset,
         "training": s.to_dict(),
         "data": {
             "path": str(data.resolve()),
@@ -212,6 +244,8 @@ def train(
         },
         "versions": versions(),
     }
+    if arithmetic is not None:
+        config["latent_arithmetic"] = arithmetic
     staged = staging_dir(out)
     try:
         model.save(staged / MODEL_FILE)
@@ -316,20 +350,23 @@ def transform(
 
     cfg, model = load_model(model_dir, cfg)
     src_idx, dst_idx = conditions.index(source), conditions.index(target)
-    z_all, pred_all = [], []
-    rng = np.random.default_rng(seed)
+    z_mean, z_log_var = encode_rows(model, sub, np.full(len(rows), src_idx), len(conditions), columns, batch_size)
+    z = z_mean
+    if decode == "sample":
+        rng = np.random.default_rng(seed)
+        z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
+    if not model.conditional:
+        from .arithmetic import latent_delta
+
+        if "latent_arithmetic" not in cfg:
+            raise TrvaeError(f"{model_dir} holds an unconditional model without latent means; retrain it")
+        z = (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
     eye = np.eye(len(conditions), dtype=np.float32)
+    pred_all = []
     for chunk in iter_row_chunks(len(rows), batch_size):
-        x = dense_rows(sub, chunk, columns)
-        c_src = np.repeat(eye[src_idx][None], len(chunk), axis=0)
-        c_dst = np.repeat(eye[dst_idx][None], len(chunk), axis=0)
-        z_mean, z_log_var = (np.asarray(a) for a in model.encoder.predict_on_batch([x, c_src]))
-        z = z_mean
-        if decode == "sample":
-            z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
-        x_hat, _ = model.decoder.predict_on_batch([z, c_dst])
-        z_all.append(z.astype(np.float32))
+        x_hat, _ = model.decoder.predict_on_batch([z[chunk], np.repeat(eye[dst_idx][None], len(chunk), axis=0)])
         pred_all.append(np.asarray(x_hat, dtype=np.float32))
+    z_all = [z.astype(np.float32)]
 
     import anndata as ad
     import pandas as pd
@@ -399,16 +436,15 @@ def embed(
     sub = io.get_matrix(adata, dcfg.get("layer"))[rows]
     io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
     codes = np.array([conditions.index(c) for c in cond.astype(str).values[rows]])
-    eye = np.eye(len(conditions), dtype=np.float32)
 
     cfg, model = load_model(model_dir, cfg)
-    z_all, h_all = [], []
+    z_mean, _ = encode_rows(model, sub, codes, len(conditions), columns, batch_size)
+    eye = np.eye(len(conditions), dtype=np.float32)
+    h_all = []
     for chunk in iter_row_chunks(len(rows), batch_size):
-        x, c = dense_rows(sub, chunk, columns), eye[codes[chunk]]
-        z_mean, _ = model.encoder.predict_on_batch([x, c])
-        _, h = model.decoder.predict_on_batch([np.asarray(z_mean), c])
-        z_all.append(np.asarray(z_mean, np.float32))
+        _, h = model.decoder.predict_on_batch([z_mean[chunk], eye[codes[chunk]]])
         h_all.append(np.asarray(h, np.float32))
+    z_all = [z_mean]
 
     import anndata as ad
 

@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .errors import TrvaeError
-from .settings import TrainSettings
+from .settings import PRESETS, TrainSettings
 
 D = TrainSettings()
 
@@ -107,8 +107,13 @@ def main():
               default=D.lr_factor, show_default=True)
 @click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True,
               help="Epochs over which the KL weight ramps from 0 to --alpha.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="trvae", show_default=True,
+              help="Starting settings: trvae; mmd-cvae / cvae (MMD on z / no MMD, all else equal); scgen "
+              "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win.")
 @click.option("--mmd-on", type=click.Choice(["decoder", "latent", "none"]), default=D.mmd_on, show_default=True,
               help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
+@click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
+              help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE.")
 @click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight.")
 @click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight.")
 @click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight.")
@@ -129,14 +134,20 @@ def main():
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, **opts):
+def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset, **opts):
     """Train trVAE on DATA (.h5ad) and write a model directory."""
+    from click.core import ParameterSource
+
     from . import api
 
+    for name, value in PRESETS[preset].items():   # the preset fills what the command line left at default
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+            opts[name] = ctx.params[name] = value
     settings = TrainSettings(**opts)
     path = api.train(
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
         settings=settings, force=force, progress="none" if quiet else "auto", command=_invocation(ctx),
+        preset=preset,
     )
     if not quiet:
         _err(f"model written to {path}")

@@ -13,7 +13,7 @@ OUTPUT_ACTIVATIONS = ("relu", "linear")
 RECONSTRUCTION_LOSSES = ("mse", "sse")
 #: Settings that are constructor arguments of the model (and so part of its saved config).
 MODEL_FIELDS = ("hidden", "mmd_dim", "latent_dim", "dropout", "output_activation", "mmd_on",
-                "alpha", "beta", "eta", "reconstruction", "seed")
+                "conditional", "alpha", "beta", "eta", "reconstruction", "seed")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class TrainSettings:
     dropout: float = 0.0
     output_activation: str = "relu"
     mmd_on: str = "decoder"
+    conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
     # loss
     alpha: float = 1e-4
     beta: float = 1.0
@@ -51,3 +52,27 @@ class TrainSettings:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+#: Named starting points for ``trvae train --preset``; options given on the command line win.
+#: ``cvae`` and ``mmd-cvae`` are the trvae preset with the MMD moved or removed (a controlled
+#: ablation: same network, same weights, same training), ``scgen`` is scGen's VAE (Lotfollahi
+#: et al. 2019, its package defaults): 800-800 layers, latent 100, dropout 0.2, 0.5 * summed
+#: squared error, KL weight 5e-5 on the *summed* KL (= 5e-3 on our KL averaged over 100
+#: dimensions), batch 32, no condition input and no balanced batches; ``trvae transform`` then
+#: predicts by scGen's latent arithmetic.
+PRESETS: dict[str, dict] = {
+    "trvae": {},
+    "mmd-cvae": {"mmd_on": "latent"},
+    "cvae": {"mmd_on": "none"},
+    "scgen": {"conditional": False, "mmd_on": "none", "hidden": (800,), "mmd_dim": 800, "latent_dim": 100,
+              "dropout": 0.2, "alpha": 5e-3, "eta": 1.0, "reconstruction": "sse", "batch_size": 32,
+              "balanced_batches": False},
+}
+
+
+def preset_settings(name: str, **overrides) -> TrainSettings:
+    """The settings of preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise KeyError(name)
+    return TrainSettings(**{**PRESETS[name], **overrides})

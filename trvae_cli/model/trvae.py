@@ -2,6 +2,8 @@
 
 ``mmd_on="decoder"`` is trVAE (MMD on the first decoder layer g1),
 ``mmd_on="latent"`` is the MMD-CVAE (MMD on z), ``mmd_on="none"`` the plain CVAE.
+``conditional=False`` drops the condition from both networks: scGen's plain VAE, which
+transforms by latent arithmetic instead (see :func:`trvae_cli.api.latent_condition_means`).
 
 Network (seed section 3, Table 3; every size an option, defaults in
 :class:`~trvae_cli.settings.TrainSettings`)::
@@ -45,10 +47,10 @@ def _block(h, units, dropout, name, seed):
     return act, out
 
 
-def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed):
+def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed, conditional=True):
     x = keras.Input((n_genes,), name="x")
-    c = keras.Input((n_conditions,), name="condition")
-    h = layers.Concatenate(name="encoder_input")([x, c])
+    c = keras.Input((n_conditions,), name="condition")   # unused when not conditional (same interface)
+    h = layers.Concatenate(name="encoder_input")([x, c]) if conditional else x
     for i, units in enumerate((*hidden, mmd_dim)):
         _, h = _block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
@@ -56,10 +58,11 @@ def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, s
     return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed):
+def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed,
+                  conditional=True):
     z = keras.Input((latent_dim,), name="z")
     c = keras.Input((n_conditions,), name="condition")
-    h = layers.Concatenate(name="decoder_input")([z, c])
+    h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
     mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s)
     for i, units in enumerate(reversed(hidden)):
@@ -92,6 +95,7 @@ class TRVAE(keras.Model):
         dropout: float = _D.dropout,
         output_activation: str = _D.output_activation,
         mmd_on: str = _D.mmd_on,
+        conditional: bool = _D.conditional,
         alpha: float = _D.alpha,
         beta: float = _D.beta,
         eta: float = _D.eta,
@@ -114,6 +118,7 @@ class TRVAE(keras.Model):
         self.dropout = float(dropout)
         self.output_activation = output_activation
         self.mmd_on = mmd_on
+        self.conditional = bool(conditional)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.eta = float(eta)
@@ -122,11 +127,11 @@ class TRVAE(keras.Model):
 
         self.encoder = build_encoder(
             self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
-            self.latent_dim, self.dropout, seed,
+            self.latent_dim, self.dropout, seed, self.conditional,
         )
         self.decoder = build_decoder(
             self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
-            self.latent_dim, self.dropout, output_activation, seed,
+            self.latent_dim, self.dropout, output_activation, seed, self.conditional,
         )
         self.sampling = Sampling(seed=None if seed is None else seed + 1000, name="sampling")
         self.mmd_loss = None if mmd_on == "none" else MMDLoss(beta=self.beta, name="mmd_loss")
