@@ -187,3 +187,27 @@ def compare_figure(labels: Sequence[str], metrics: Sequence[tuple[str, str]], va
     ax.grid(axis="y", lw=0.4, alpha=0.5)
     ax.set_axisbelow(True)
     return fig
+
+
+def heatmap_figure(matrices: Sequence[np.ndarray], row_labels: Sequence[str], col_labels: Sequence[str],
+                   panel_titles: Sequence[str], *, title: str = "", vmin: float | None = None,
+                   vmax: float | None = 1.0):
+    """Annotated heat maps side by side (rows x columns each), e.g. cell type x method (Fig. 5f)."""
+    fig = _figure(0.9 * len(col_labels) * len(matrices) + 2.5, 0.45 * len(row_labels) + 1.8)
+    axes = fig.subplots(1, len(matrices), squeeze=False).ravel()
+    for ax, mat, panel in zip(axes, matrices, panel_titles):
+        mat = np.asarray(mat, float)
+        image = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", aspect="auto",
+                          vmin=np.nanmin(mat) if vmin is None else vmin, vmax=vmax)
+        lo, hi = image.get_clim()
+        for (i, j), v in np.ndenumerate(mat):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > lo + 0.6 * (hi - lo) else "white")
+        ax.set_xticks(range(len(col_labels)), col_labels, rotation=40, ha="right", fontsize=8)
+        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+        ax.set_title(panel, fontsize=10)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,52 @@
+"""``benchmarks/holdout.py``: the plan, one real (tiny) run, the CSV, resuming, the summary."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    spec = importlib.util.spec_from_file_location("holdout", ROOT / "benchmarks" / "holdout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_runs_the_tuned_cell_type_first(holdout):
+    plan = holdout.run_plan(["B", "NK", "T"], ["trvae", "cvae"], [0, 1], "NK")
+    assert plan[:4] == [("trvae", "NK", 0), ("cvae", "NK", 0), ("trvae", "NK", 1), ("cvae", "NK", 1)]
+    assert plan[4:6] == [("trvae", "B", 0), ("cvae", "B", 0)]
+    assert len(plan) == len(set(plan)) == 12
+
+
+def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    args = ["--data", str(tiny_h5ad), "--out", str(out), "--work-dir", str(tmp_path / "work"),
+            "--presets", "trvae", "--cell-types", "NK", "--seeds", "0", "--n-degs", "10", "--n-subsamples", "3",
+            "--", "--epochs", "1", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64"]
+    assert holdout.main(args) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["preset"] for r in rows] == ["identity", "mean shift", "trvae"]
+    model = rows[2]
+    assert model["cell_type"] == "NK" and model["seed"] == "0" and model["epochs"] == "1"
+    assert 0 <= float(model["r2_mean_degs"]) <= 1 and float(model["train_seconds"]) > 0
+    assert not list((tmp_path / "work").glob("*.h5ad"))           # predictions removed, evaluations kept
+    assert len(list((tmp_path / "work").glob("*.eval.json"))) == 1
+    for suffix in (".md", ".meta.json"):
+        assert out.with_suffix(suffix).exists()
+    assert (tmp_path / "bench_heatmap.png").stat().st_size > 1000
+    assert (tmp_path / "bench_compare_NK.png").stat().st_size > 1000
+    assert "| NK |" in out.with_suffix(".md").read_text()
+
+    capsys.readouterr()
+    assert holdout.main(args) == 0                                 # resumed: nothing left to do
+    assert "0 runs to do (3 rows already" in capsys.readouterr().err
+    assert len(list(csv.DictReader(open(out)))) == 3
+
+    with pytest.raises(SystemExit, match="other settings"):
+        holdout.main(args[:-1] + ["32"])                         # other train options: refused
