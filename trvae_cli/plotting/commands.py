@@ -61,12 +61,13 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     real, predicted = stat(prep.target), stat(cand.x)
     degs = prep.degs(n_degs)
     name = "variance" if variance else "mean"
+    quantity = "expression variance" if variance else "mean expression"
     t = prep.task
     fig = regression_figure(
         real, predicted, prep.genes, degs, r2_all=M.r2(real, predicted), r2_degs=M.r2(real[degs], predicted[degs]),
         n_label=min(n_label, n_degs), statistic=name,
         title=f"{_task_title(t)}, per-gene {name} ({cand.label})",
-        xlabel=f"real {t.target}: {name} expression", ylabel=f"predicted {t.target}: {name} expression")
+        xlabel=f"real {t.target}: {quantity}", ylabel=f"predicted {t.target}: {quantity}")
     return _finish(fig, out)
 
 
