@@ -274,6 +274,8 @@ def main(argv=None):
 
     import anndata as ad
 
+    if not Path(args.data).is_file():
+        sys.exit(f"error: data file not found: {args.data}")
     adata = ad.read_h5ad(args.data, backed="r")
     all_types = list(adata.obs[args.cell_type_key].astype(str).unique())
     cell_types = [c for c in args.cell_types.split(",") if c] or all_types
@@ -284,8 +286,9 @@ def main(argv=None):
         sys.exit(f"error: unknown cell types {unknown}; the data has {all_types}")
 
     meta_path = out.with_suffix(".meta.json")
-    settings = {"data": str(Path(args.data).resolve()), "condition_key": args.condition_key,
-                "cell_type_key": args.cell_type_key, "from": args.source, "to": args.target,
+    # the data file by name and size, not path: a fresh clone elsewhere can resume the committed CSV
+    settings = {"data": Path(args.data).name, "data_bytes": Path(args.data).stat().st_size,
+                "condition_key": args.condition_key, "cell_type_key": args.cell_type_key, "from": args.source, "to": args.target,
                 "n_degs": args.n_degs, "n_subsamples": args.n_subsamples, "decode": args.decode,
                 "train_args": args.train_args}
     if meta_path.exists():
