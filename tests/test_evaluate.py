@@ -282,3 +282,18 @@ def test_condition_absent_from_real(preds, tiny_h5ad, work):
     path = _variant(preds, work, "bare2", strip)
     assert_user_error(invoke("evaluate", "--pred", path, "--real", tiny_h5ad, "--condition", "condition",
                              "--from", "control", "--to", "washed", *FAST), "washed", "condition")
+
+
+def test_real_data_with_other_gene_order_and_extra_genes_scores_the_same(preds, report, tiny, work):
+    rng = np.random.default_rng(5)
+    order = rng.permutation(tiny.n_vars)
+    x = np.hstack([tiny.X.toarray()[:, order], rng.random((tiny.n_obs, 2)).astype(np.float32)])
+    shuffled = ad.AnnData(X=sp.csr_matrix(x), obs=tiny.obs.copy())
+    shuffled.var_names = [*tiny.var_names[order], "extra1", "extra2"]
+    path = work.parent / "shuffled_real.h5ad"
+    shuffled.write_h5ad(path)
+    rep = evaluate([preds["mean"]], path, n_degs=10, n_subsamples=8)
+    assert rep["degs"] == report["degs"] and rep["task"]["n_genes"] == 40
+    for a, b in zip(report["results"], rep["results"]):
+        for name in R2_METRICS:
+            assert b["metrics"][name]["mean"] == pytest.approx(a["metrics"][name]["mean"], abs=1e-9)
