@@ -59,15 +59,16 @@ class TrainSettings:
 #: ablation: same network, same weights, same training), ``scgen`` is scGen's VAE (Lotfollahi
 #: et al. 2019, its package defaults): 800-800 layers, latent 100, dropout 0.2, 0.5 * summed
 #: squared error, KL weight 5e-5 on the *summed* KL (= 5e-3 on our KL averaged over 100
-#: dimensions), batch 32, no condition input and no balanced batches; ``trvae transform`` then
-#: predicts by scGen's latent arithmetic.
+#: dimensions), no condition input and no balanced batches, trained as scGen's tutorial does
+#: (batch 32, at most 100 epochs, early stopping patience 25); ``trvae transform`` then predicts
+#: by scGen's latent arithmetic.
 PRESETS: dict[str, dict] = {
     "trvae": {},
     "mmd-cvae": {"mmd_on": "latent"},
     "cvae": {"mmd_on": "none"},
     "scgen": {"conditional": False, "mmd_on": "none", "hidden": (800,), "mmd_dim": 800, "latent_dim": 100,
               "dropout": 0.2, "alpha": 5e-3, "eta": 1.0, "reconstruction": "sse", "batch_size": 32,
-              "balanced_batches": False},
+              "epochs": 100, "early_stopping_patience": 25, "balanced_batches": False},
 }
 
 
