@@ -12,10 +12,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from click.testing import CliRunner
 
 import trvae_cli
-from trvae_cli.cli import main
 from cli_helpers import assert_ok, assert_user_error, invoke
 
 CONDITIONS = ["control", "stimulated", "inhibited"]

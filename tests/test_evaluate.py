@@ -12,7 +12,8 @@ import pytest
 import scipy.sparse as sp
 from cli_helpers import assert_ok, assert_user_error, invoke
 
-from trvae_cli.evaluation import POINT_METRICS, R2_METRICS, evaluate, report_frame
+from trvae_cli.evaluation import POINT_METRICS, R2_METRICS, evaluate
+from trvae_cli.report import report_frame
 
 FAST = ["--n-degs", "10", "--n-subsamples", "8", "-q"]
 

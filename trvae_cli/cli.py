@@ -223,10 +223,11 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
     from pathlib import Path
 
     from . import evaluation as ev
+    from . import report as rp
     from .model_dir import check_writable_target
 
     outputs = {}
-    for value, render in ((json_out, ev.report_json), (csv_out, ev.report_csv)):
+    for value, render in ((json_out, rp.report_json), (csv_out, rp.report_csv)):
         if value and value != "-":
             check_writable_target(Path(value), force)
             outputs[Path(value)] = render
@@ -236,7 +237,7 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
         n_subsamples=n_subsamples, subsample_fraction=subsample_fraction, n_pcs=n_pcs, seed=seed,
         references=not no_references, command=_invocation(ctx),
     )
-    ev.write_texts({path: render(report) for path, render in outputs.items()})
+    rp.write_texts({path: render(report) for path, render in outputs.items()})
     if not quiet:
         from .console import stderr_console
 
@@ -245,11 +246,11 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
             from rich.console import Console
 
             console = Console(stderr=True, width=160)
-        console.print(ev.rich_table(report))
+        console.print(rp.rich_table(report))
         for name, why in report["skipped"].items():
             _err(f"note: no {name} row: {why}")
     if json_out == "-":
-        click.echo(ev.report_json(report))
+        click.echo(rp.report_json(report))
     for path in outputs:
         click.echo(str(path))
 
