@@ -115,6 +115,19 @@ def encode_rows(model, matrix, codes: np.ndarray, n_conditions: int, columns=Non
     return np.concatenate(means), np.concatenate(log_vars)
 
 
+def decode_rows(model, z: np.ndarray, codes: np.ndarray, n_conditions: int, batch_size: int = 1024):
+    """(x_hat, MMD-layer activations) of every row of ``z``, each decoded with condition ``codes[i]``."""
+    eye = np.eye(n_conditions, dtype=np.float32)
+    x_hats, hs = [], []
+    for chunk in iter_row_chunks(len(z), batch_size):
+        x_hat, h = model.decoder.predict_on_batch([z[chunk], eye[codes[chunk]]])
+        x_hats.append(np.asarray(x_hat, np.float32))
+        hs.append(np.asarray(h, np.float32))
+    if not x_hats:
+        return np.zeros((0, model.n_genes), np.float32), np.zeros((0, model.mmd_dim), np.float32)
+    return np.concatenate(x_hats), np.concatenate(hs)
+
+
 def train(
     data: str | Path,
     condition_key: str,
@@ -361,12 +374,8 @@ def transform(
         if "latent_arithmetic" not in cfg:
             raise TrvaeError(f"{model_dir} holds an unconditional model without latent means; retrain it")
         z = (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
-    eye = np.eye(len(conditions), dtype=np.float32)
-    pred_all = []
-    for chunk in iter_row_chunks(len(rows), batch_size):
-        x_hat, _ = model.decoder.predict_on_batch([z[chunk], np.repeat(eye[dst_idx][None], len(chunk), axis=0)])
-        pred_all.append(np.asarray(x_hat, dtype=np.float32))
-    z_all = [z.astype(np.float32)]
+    z = z.astype(np.float32)
+    x_hat, _ = decode_rows(model, z, np.full(len(rows), dst_idx), len(conditions), batch_size)
 
     import anndata as ad
     import pandas as pd
@@ -375,11 +384,11 @@ def transform(
     obs[condition_key] = pd.Categorical([target] * len(rows), categories=conditions)
     obs["trvae_source_condition"] = pd.Categorical([source] * len(rows), categories=conditions)
     pred = ad.AnnData(
-        X=np.concatenate(pred_all) if pred_all else np.zeros((0, len(cfg["var_names"])), np.float32),
+        X=x_hat,
         obs=obs,
         var=pd.DataFrame(index=pd.Index(cfg["var_names"], name=None)),
     )
-    pred.obsm["X_trvae"] = np.concatenate(z_all) if z_all else np.zeros((0, model.latent_dim), np.float32)
+    pred.obsm["X_trvae"] = z
     pred.uns["trvae"] = {
         "model": str(model_dir.resolve()),
         "data": str(Path(data).resolve()),
@@ -439,18 +448,13 @@ def embed(
 
     cfg, model = load_model(model_dir, cfg)
     z_mean, _ = encode_rows(model, sub, codes, len(conditions), columns, batch_size)
-    eye = np.eye(len(conditions), dtype=np.float32)
-    h_all = []
-    for chunk in iter_row_chunks(len(rows), batch_size):
-        _, h = model.decoder.predict_on_batch([z_mean[chunk], eye[codes[chunk]]])
-        h_all.append(np.asarray(h, np.float32))
-    z_all = [z_mean]
+    _, h = decode_rows(model, z_mean, codes, len(conditions), batch_size)
 
     import anndata as ad
 
     out = ad.AnnData(obs=adata.obs.iloc[rows].copy())
-    out.obsm["X_trvae"] = np.concatenate(z_all)
-    out.obsm["X_trvae_mmd"] = np.concatenate(h_all)
+    out.obsm["X_trvae"] = z_mean
+    out.obsm["X_trvae_mmd"] = h
     out.uns["trvae"] = {"model": str(model_dir.resolve()), "data": str(Path(data).resolve()),
                         "condition_key": condition_key, "cell_type_key": dcfg.get("cell_type_key") or ""}
     return out

@@ -172,7 +172,8 @@ def _real_groups(task: Task, gene_names: Sequence[str]):
         ct = io.require_obs_key(adata, task.cell_type_key, "cell-type")
         io.require_values(ct, [task.cell_type], task.cell_type_key)
         in_type = _select(ct, task.cell_type)
-    columns = _gene_columns(adata.var_names, gene_names, task.real)
+    columns = io.gene_indexer(adata.var_names, gene_names, data_name=str(task.real),
+                              genes_name="the prediction's", prefix="gene set mismatch: ")
     matrix = io.get_matrix(adata, task.layer)
     is_src, is_dst = _select(cond, task.source), _select(cond, task.target)
     where = f" {task.cell_type_key}={task.cell_type!r}" if task.cell_type is not None else ""
@@ -192,23 +193,6 @@ def _real_groups(task: Task, gene_names: Sequence[str]):
     if task.cell_type is not None and (~in_type & is_src).any() and (~in_type & is_dst).any():
         others = (rows(~in_type & is_src), rows(~in_type & is_dst))
     return source, target, others
-
-
-def _gene_columns(real_genes, pred_genes, real_path) -> np.ndarray | None:
-    """Columns of the real data in the predictions' gene order (None: already identical)."""
-    real_genes = [str(g) for g in real_genes]
-    pred_genes = [str(g) for g in pred_genes]
-    if real_genes == pred_genes:
-        return None
-    if len(set(real_genes)) != len(real_genes):
-        raise TrvaeError(f"the var_names of {real_path} are not unique; run adata.var_names_make_unique() first")
-    index = {g: i for i, g in enumerate(real_genes)}
-    missing = [g for g in pred_genes if g not in index]
-    if missing:
-        raise TrvaeError(
-            f"gene set mismatch: {len(missing)} of the prediction's {len(pred_genes)} genes are not in "
-            f"{real_path} (e.g. {', '.join(missing[:5])})")
-    return np.array([index[g] for g in pred_genes])
 
 
 def _prediction_matrix(label, adata, gene_names, task: Task):
@@ -262,8 +246,8 @@ def score_candidate(c: Candidate, *, source, target, degs, real_idx, rng, fracti
     pred_pcs = pca.transform(_dense(pred).astype(np.float64))
     out["mmd_pca"] = M.mmd(pred_pcs, target_pcs)
     out["edistance_pca"] = M.energy_distance(pred_pcs, target_pcs)
-    if c.label == IDENTITY and c.kind == "reference":
-        out["deg_recovery"] = float("nan")   # the source against itself has no DEGs to rank
+    if pred is source:
+        out["deg_recovery"] = float("nan")   # the identity reference: the source has no DEGs against itself
     else:
         found = M.rank_degs(pred, source, np.arange(pred.shape[1]).astype(str), n_degs)
         out["deg_recovery"] = M.overlap_fraction(degs, found)

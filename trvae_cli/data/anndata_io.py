@@ -168,18 +168,22 @@ def select_training_cells(
     return TrainingSelection(mask=mask, conditions=conditions, labels=labels, n_excluded=int((~mask).sum()))
 
 
-def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str]) -> np.ndarray | None:
-    """Column indices that put ``data_genes`` in the model's order; None when already equal."""
+def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str], *, data_name: str = "the data",
+                 genes_name: str = "the model's", prefix: str = "") -> np.ndarray | None:
+    """Column indices that put ``data_genes`` in the model's order; None when already equal.
+
+    ``data_name``, ``genes_name`` and ``prefix`` only word the error messages.
+    """
     data_genes = pd.Index([str(g) for g in data_genes])
     model_genes = pd.Index([str(g) for g in model_genes])
     if data_genes.equals(model_genes):
         return None
     if not data_genes.is_unique:
-        raise TrvaeError("the data's var_names are not unique; run adata.var_names_make_unique() first")
+        raise TrvaeError(f"the var_names of {data_name} are not unique; run adata.var_names_make_unique() first")
     missing = model_genes.difference(data_genes, sort=False)
     if len(missing):
         raise TrvaeError(
-            f"{len(missing)} of the model's {len(model_genes)} genes are missing from the data "
+            f"{prefix}{len(missing)} of {genes_name} {len(model_genes)} genes are missing from {data_name} "
             f"(e.g. {_preview(list(missing), 5)})"
         )
     return data_genes.get_indexer(model_genes)
