@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .counterfactual import SCALES, counterfactual
 from .data import anndata_io as io
 from .data.batching import dense_rows, iter_row_chunks
 from .errors import TrvaeError
@@ -35,6 +36,8 @@ from .model_dir import (
     load_model, publish_dir, read_config, staging_dir, write_history,
 )
 from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TrainSettings
+
+DECODE_MODES = ("mean", "sample", "counterfactual")
 
 DEFAULT_MODEL_DIR = "trvae_model"
 
@@ -302,6 +305,7 @@ def transform(
     condition_key: str | None = None,
     cell_type_key: str | None = None,
     decode: str = "mean",
+    residual_scale: str = "log1p",
     seed: int = 0,
     batch_size: int = 1024,
     force: bool = False,
@@ -312,12 +316,18 @@ def transform(
 
     Encodes the selected source cells with the source condition, decodes with the
     target condition. ``decode="mean"`` decodes the posterior mean of z
-    (deterministic); ``"sample"`` decodes one draw of q(z|x) per cell, seeded.
+    (deterministic); ``"sample"`` decodes one draw of q(z|x) per cell, seeded;
+    ``"counterfactual"`` keeps each cell's own residual and adds the model's change
+    ``f(z, target) - f(z, source)`` to it, on the ``residual_scale`` ("log1p": the
+    normalised-count scale of log1p data; "linear": the data's own), see
+    :mod:`trvae_cli.counterfactual`.
     Returns a :class:`Prediction` (the AnnData, where it was written, and which
     defaults were filled in).
     """
-    if decode not in ("mean", "sample"):
-        raise TrvaeError(f"--decode must be 'mean' or 'sample', got {decode!r}")
+    if decode not in DECODE_MODES:
+        raise TrvaeError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if residual_scale not in SCALES:
+        raise TrvaeError(f"--residual-scale must be one of {', '.join(SCALES)}, got {residual_scale!r}")
     model_dir = Path(model_dir)
     cfg = read_config(model_dir)
     defaults: dict = {}
@@ -376,6 +386,11 @@ def transform(
         z = (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
     z = z.astype(np.float32)
     x_hat, _ = decode_rows(model, z, np.full(len(rows), dst_idx), len(conditions), batch_size)
+    if decode == "counterfactual":
+        f_source, _ = decode_rows(model, z_mean, np.full(len(rows), src_idx), len(conditions), batch_size)
+        for chunk in iter_row_chunks(len(rows), batch_size):
+            x_hat[chunk] = counterfactual(dense_rows(sub, chunk, columns), x_hat[chunk], f_source[chunk],
+                                          residual_scale)
 
     import anndata as ad
     import pandas as pd
@@ -399,11 +414,13 @@ def transform(
         "cell_type": cell_type or "",
         "layer": dcfg.get("layer") or "",
         "decode": decode,
+        "residual_scale": residual_scale if decode == "counterfactual" else "",
         "seed": int(seed),
         "n_cells": int(len(rows)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or _api_call("transform", model_dir=str(model_dir), data=str(data), source=source,
-                                         target=target, cell_type=cell_type, decode=decode, seed=seed),
+                                         target=target, cell_type=cell_type, decode=decode,
+                                         residual_scale=residual_scale, seed=seed),
         "versions": versions(),
     }
     if out is not None:

@@ -164,20 +164,26 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
 @click.option("--condition", "--condition-key", "condition_key", default=None,
               help="obs column of the condition in DATA [default: the model's].")
 @click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
-@click.option("--decode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
-              help="Decode the posterior mean of z (deterministic) or one sample of q(z|x).")
+@click.option("--decode", type=click.Choice(["mean", "sample", "counterfactual"]), default="mean",
+              show_default=True,
+              help="mean: decode the posterior mean of z (deterministic); sample: one draw of q(z|x); "
+                   "counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise.")
+@click.option("--residual-scale", type=click.Choice(["log1p", "linear"]), default="log1p", show_default=True,
+              help="Scale on which --decode counterfactual adds the change: log1p = normalised counts of "
+                   "log1p data (expm1, add, log1p); linear = the data as they are.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --decode sample.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
 @click.pass_context
 def transform(ctx, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
-              decode, seed, force, quiet):
+              decode, residual_scale, seed, force, quiet):
     """Transform cells from one condition (--from) to another (--to)."""
     from . import api
 
     pred = api.transform(
         model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
-        condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, seed=seed, force=force,
+        condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, residual_scale=residual_scale, seed=seed,
+        force=force,
         command=_invocation(ctx),
     )
     if not quiet:
