@@ -60,8 +60,9 @@ def parse(argv):
     p.add_argument("--cell-types", default="", help="comma-separated (default: every cell type)")
     p.add_argument("--first", default="NK", help="cell type run first, all presets and seeds (default: NK)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--decode", default="mean", help="mean, sample or mean,sample (a row for each; "
-                   "sampled rows are named 'PRESET (sample)')")
+    p.add_argument("--decode", default="counterfactual,mean",
+                   help="comma-separated transform --decode modes, a row for each: the first is named PRESET, "
+                        "the others 'PRESET (MODE)' (default: %(default)s)")
     p.add_argument("--n-degs", type=int, default=100)
     p.add_argument("--n-subsamples", type=int, default=100)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kang_holdout.csv"))
@@ -78,6 +79,11 @@ def run_plan(cell_types, presets, seeds, first):
     plan = [(p, first, s) for s in seeds for p in presets] if first in cell_types else []
     plan += [(p, ct, s) for s in seeds for ct in cell_types if ct != first for p in presets]
     return plan
+
+
+def decode_label(preset: str, decode: str, decodes: str) -> str:
+    """The first of the ``--decode`` modes is the preset's own row; the others are named after their mode."""
+    return preset if decode == decodes.split(",")[0] else f"{preset} ({decode})"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -133,7 +139,7 @@ def one_run(args, preset, cell_type, seed, work: Path) -> list[dict]:
         if res.returncode:
             raise RuntimeError(f"transform failed: {res.stderr.strip().splitlines()[-1:]}")
         preds.append(path)
-        labels.append(preset if decode == "mean" or args.decode == decode else f"{preset} ({decode})")
+        labels.append(decode_label(preset, decode, args.decode))
     cfg = json.loads((model / "config.json").read_text())
     report = evaluate(preds, labels=labels, n_degs=args.n_degs, n_subsamples=args.n_subsamples, seed=seed)
     (work / f"{tag}.eval.json").write_text(json.dumps(report, default=lambda o: None))
@@ -200,8 +206,12 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def order_presets(presets_seen):
-    known = list(REFERENCES) + list(PRESETS)
-    return [p for p in known if p in presets_seen] + sorted(p for p in presets_seen if p not in known)
+    """References, then each known preset followed by its other decode modes ('trvae (mean)'), then the rest."""
+    ordered = [p for p in REFERENCES if p in presets_seen]
+    for p in PRESETS:
+        ordered += [p] if p in presets_seen else []
+        ordered += sorted(q for q in presets_seen if q.startswith(f"{p} ("))
+    return ordered + sorted(p for p in presets_seen if p not in ordered)
 
 
 def summary_markdown(agg: dict, cell_types: list[str], presets: list[str]) -> str:

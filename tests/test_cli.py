@@ -261,14 +261,18 @@ def _transform_x(model, out, *extra):
     return np.asarray(ad.read_h5ad(out).X)
 
 
-def test_decode_mean_is_deterministic(trained_model, tmp_path):
+def test_default_and_mean_decoding_are_deterministic(trained_model, tmp_path):
     a = _transform_x(trained_model, tmp_path / "a.h5ad")
-    b = _transform_x(trained_model, tmp_path / "b.h5ad", "--decode", "mean", "--seed", "5")
-    np.testing.assert_array_equal(a, b)
+    b = _transform_x(trained_model, tmp_path / "b.h5ad", "--decode", "counterfactual", "--seed", "5")
+    np.testing.assert_array_equal(a, b)   # the default is counterfactual, and the seed plays no part
+    m1 = _transform_x(trained_model, tmp_path / "m1.h5ad", "--decode", "mean")
+    m2 = _transform_x(trained_model, tmp_path / "m2.h5ad", "--decode", "mean", "--seed", "5")
+    np.testing.assert_array_equal(m1, m2)
+    assert not np.array_equal(a, m1)
 
 
 def test_decode_sample_is_seeded(trained_model, tmp_path):
-    mean = _transform_x(trained_model, tmp_path / "mean.h5ad")
+    mean = _transform_x(trained_model, tmp_path / "mean.h5ad", "--decode", "mean")
     s1 = _transform_x(trained_model, tmp_path / "s1.h5ad", "--decode", "sample", "--seed", "1")
     s1_again = _transform_x(trained_model, tmp_path / "s1b.h5ad", "--decode", "sample", "--seed", "1")
     s2 = _transform_x(trained_model, tmp_path / "s2.h5ad", "--decode", "sample", "--seed", "2")

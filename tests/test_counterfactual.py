@@ -69,8 +69,8 @@ def test_transform_counterfactual_equals_the_formula(trained_model, tiny_h5ad, t
     from trvae_cli.api import decode_rows, encode_rows
     from trvae_cli.model_dir import load_model
 
-    assert_ok(_transform(trained_model, tmp_path / "mean.h5ad"))
-    assert_ok(_transform(trained_model, tmp_path / "cf.h5ad", "--decode", "counterfactual"))
+    assert_ok(_transform(trained_model, tmp_path / "mean.h5ad", "--decode", "mean"))
+    assert_ok(_transform(trained_model, tmp_path / "cf.h5ad"))   # the default
     assert_ok(_transform(trained_model, tmp_path / "lin.h5ad", "--decode", "counterfactual",
                          "--residual-scale", "linear"))
     tiny = ad.read_h5ad(tiny_h5ad)
@@ -86,10 +86,22 @@ def test_transform_counterfactual_equals_the_formula(trained_model, tiny_h5ad, t
     np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "lin.h5ad").X),
                                counterfactual(x, f_t, f_s, "linear"), rtol=1e-4, atol=1e-4)
     assert cf.uns["trvae"]["decode"] == "counterfactual" and cf.uns["trvae"]["residual_scale"] == "log1p"
-    assert "--decode counterfactual" in cf.uns["trvae"]["command"]
 
 
 def test_transform_refuses_an_unknown_residual_scale(trained_model, tmp_path):
     result = _transform(trained_model, tmp_path / "x.h5ad", "--decode", "counterfactual", "--residual-scale", "log")
     assert result.exit_code == 2 and "residual-scale" in result.output
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_log1p_scale_refuses_data_with_negative_values(trained_model, tiny_h5ad, tmp_path):
+    from cli_helpers import assert_user_error
+
+    data = ad.read_h5ad(tiny_h5ad)
+    data.X = np.asarray(data.X.toarray()) - 1.0      # e.g. scaled data: not log1p counts
+    path = tmp_path / "scaled.h5ad"
+    data.write_h5ad(path)
+    out = tmp_path / "x.h5ad"
+    assert_user_error(_transform(trained_model, out, "--data", path), "negative values", "--residual-scale linear")
+    assert not out.exists()
+    assert_ok(_transform(trained_model, out, "--data", path, "--residual-scale", "linear"))

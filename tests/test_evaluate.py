@@ -25,20 +25,20 @@ def tiny(tiny_h5ad):
 
 @pytest.fixture(scope="module")
 def preds(trained_model, tmp_path_factory):
-    """Two predictions of the held-out NK stimulated cells: decoded means and samples."""
+    """Three predictions of the held-out NK stimulated cells: the default (counterfactual), decoded means, samples."""
     d = tmp_path_factory.mktemp("preds")
     out = {}
-    for decode in ("mean", "sample"):
-        path = d / f"nk_{decode}.h5ad"
+    for key, extra in (("cf", ()), ("mean", ("--decode", "mean")), ("sample", ("--decode", "sample"))):
+        path = d / f"nk_{key}.h5ad"
         assert_ok(invoke("transform", "--model", trained_model, "--from", "control", "--to", "stimulated",
-                         "--cell-type", "NK", "--decode", decode, "--out", path, "-q"))
-        out[decode] = path
+                         "--cell-type", "NK", "--out", path, "-q", *extra))
+        out[key] = path
     return out
 
 
 @pytest.fixture(scope="module")
 def report(preds):
-    return evaluate([preds["mean"]], n_degs=10, n_subsamples=8)
+    return evaluate([preds["cf"]], n_degs=10, n_subsamples=8)
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_r2_agrees_with_an_independent_implementation(report, preds, tiny):
     import scanpy as sc
 
     src, dst, *_ = _groups(tiny)
-    pred = ad.read_h5ad(preds["mean"]).X
+    pred = ad.read_h5ad(preds["cf"]).X
     nk = tiny[tiny.obs["cell_type"] == "NK"].copy()
     sc.tl.rank_genes_groups(nk, "condition", groups=["stimulated"], reference="control", method="wilcoxon")
     degs = [list(tiny.var_names).index(g) for g in [row[0] for row in nk.uns["rank_genes_groups"]["names"]][:10]]
@@ -115,7 +115,7 @@ def test_every_figure_is_present_and_in_range(report):
 
 
 def test_full_subsamples_reproduce_the_full_estimate(preds):
-    rep = evaluate([preds["mean"]], n_degs=10, n_subsamples=2, subsample_fraction=1.0)
+    rep = evaluate([preds["cf"]], n_degs=10, n_subsamples=2, subsample_fraction=1.0)
     for r in rep["results"]:
         for name in R2_METRICS:
             v = r["metrics"][name]
@@ -123,21 +123,21 @@ def test_full_subsamples_reproduce_the_full_estimate(preds):
 
 
 def test_subsampling_is_seeded_and_stable_when_predictions_are_added(preds, report):
-    again = evaluate([preds["mean"]], n_degs=10, n_subsamples=8)
-    other_seed = evaluate([preds["mean"]], n_degs=10, n_subsamples=8, seed=1)
-    both = evaluate([preds["mean"], preds["sample"]], labels=["mean", "sample"], n_degs=10, n_subsamples=8)
+    again = evaluate([preds["cf"]], n_degs=10, n_subsamples=8)
+    other_seed = evaluate([preds["cf"]], n_degs=10, n_subsamples=8, seed=1)
+    both = evaluate([preds["cf"], preds["sample"]], labels=["cf", "sample"], n_degs=10, n_subsamples=8)
     values = [r["metrics"]["r2_var_all"]["mean"] for r in report["results"]]
     assert values == [r["metrics"]["r2_var_all"]["mean"] for r in again["results"]]
     assert values != [r["metrics"]["r2_var_all"]["mean"] for r in other_seed["results"]]
     assert values == [r["metrics"]["r2_var_all"]["mean"] for r in both["results"][:3]]
-    assert [r["label"] for r in both["results"]] == ["identity", "mean shift", "mean", "sample"]
+    assert [r["label"] for r in both["results"]] == ["identity", "mean shift", "cf", "sample"]
 
 
 def test_without_a_cell_type_the_mean_shift_is_skipped(preds, tiny_h5ad):
     """A prediction without provenance: every task argument explicit; no held-out type, no mean shift."""
-    plain = ad.read_h5ad(preds["mean"])
+    plain = ad.read_h5ad(preds["cf"])
     del plain.uns["trvae"]
-    path = preds["mean"].with_name("plain.h5ad")
+    path = preds["cf"].with_name("plain.h5ad")
     plain.write_h5ad(path)
     rep = evaluate([path], tiny_h5ad, condition_key="condition", source="control", target="stimulated",
                    n_degs=10, n_subsamples=4)
@@ -150,7 +150,7 @@ def test_without_a_cell_type_the_mean_shift_is_skipped(preds, tiny_h5ad):
 
 
 def test_cli_pred_alone_writes_json_and_csv(preds, work):
-    res = invoke("evaluate", "--pred", preds["mean"], "--n-degs", "10", "--n-subsamples", "8",
+    res = invoke("evaluate", "--pred", preds["cf"], "--n-degs", "10", "--n-subsamples", "8",
                  "--json", work / "e.json", "--csv", work / "e.csv")
     assert_ok(res)
     assert res.stdout.split() == [str(work / "e.json"), str(work / "e.csv")]
@@ -170,7 +170,7 @@ def test_cli_pred_alone_writes_json_and_csv(preds, work):
 
 
 def test_cli_json_to_stdout(preds):
-    res = invoke("evaluate", "--pred", preds["mean"], "--json", "-", *FAST)
+    res = invoke("evaluate", "--pred", preds["cf"], "--json", "-", *FAST)
     assert_ok(res)
     assert json.loads(res.stdout)["results"][2]["label"] == "model"
 
@@ -182,7 +182,7 @@ def test_report_frame_is_tidy(report):
 
 
 def test_several_predictions_with_labels(preds, work):
-    res = invoke("evaluate", "--pred", preds["mean"], "--label", "trVAE mean", "--pred", preds["sample"],
+    res = invoke("evaluate", "--pred", preds["cf"], "--label", "trVAE mean", "--pred", preds["sample"],
                  "--json", work / "e.json", *FAST)
     assert_ok(res)
     labels = [r["label"] for r in json.loads((work / "e.json").read_text())["results"]]
@@ -193,7 +193,7 @@ def test_several_predictions_with_labels(preds, work):
 
 
 def _variant(preds, work, name, change):
-    a = ad.read_h5ad(preds["mean"])
+    a = ad.read_h5ad(preds["cf"])
     a = change(a) or a
     path = work.parent / f"{name}.h5ad"
     a.write_h5ad(path)
@@ -209,7 +209,7 @@ def _variant(preds, work, name, change):
 ])
 def test_bad_arguments(preds, work, extra, fragments):
     args = ["--n-degs", "10", *extra] if "--n-degs" not in extra else extra
-    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--json", work / "e.json", "-q", *args),
+    assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--json", work / "e.json", "-q", *args),
                       *fragments)
     assert list(work.iterdir()) == []
 
@@ -225,7 +225,7 @@ def test_gene_set_mismatch(preds, work):
 
 def test_two_predictions_with_different_genes(preds, work):
     path = _variant(preds, work, "fewer", lambda a: a[:, 2:].copy())
-    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--pred", path, *FAST), "gene set mismatch")
+    assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--pred", path, *FAST), "gene set mismatch")
 
 
 def test_fewer_than_two_predicted_cells(preds, work):
@@ -239,7 +239,7 @@ def test_fewer_than_two_real_cells(preds, tiny, work):
     keep[np.flatnonzero(~keep)[0]] = True
     real = work.parent / "one_real.h5ad"
     tiny[keep].copy().write_h5ad(real)
-    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--real", real, *FAST),
+    assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--real", real, *FAST),
                       "stimulated", "1 cell")
 
 
@@ -252,7 +252,7 @@ def test_nan_in_prediction(preds, work):
 
 
 def test_prediction_of_another_cell_type(preds, work):
-    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--cell-type", "B", *FAST), "'NK'", "'B'")
+    assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--cell-type", "B", *FAST), "'NK'", "'B'")
 
 
 def test_prediction_without_provenance_needs_real(preds, work):
@@ -264,7 +264,7 @@ def test_prediction_without_provenance_needs_real(preds, work):
 
 def test_output_exists_without_force(preds, work):
     (work / "e.json").write_text("{}")
-    assert_user_error(invoke("evaluate", "--pred", preds["mean"], "--json", work / "e.json", *FAST), "--force")
+    assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--json", work / "e.json", *FAST), "--force")
     assert (work / "e.json").read_text() == "{}"
 
 
@@ -293,7 +293,7 @@ def test_real_data_with_other_gene_order_and_extra_genes_scores_the_same(preds, 
     shuffled.var_names = [*tiny.var_names[order], "extra1", "extra2"]
     path = work.parent / "shuffled_real.h5ad"
     shuffled.write_h5ad(path)
-    rep = evaluate([preds["mean"]], path, n_degs=10, n_subsamples=8)
+    rep = evaluate([preds["cf"]], path, n_degs=10, n_subsamples=8)
     assert rep["degs"] == report["degs"] and rep["task"]["n_genes"] == 40
     for a, b in zip(report["results"], rep["results"]):
         for name in R2_METRICS:

@@ -31,12 +31,13 @@ def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path
             "--", "--epochs", "1", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64"]
     assert holdout.main(args) == 0
     rows = list(csv.DictReader(open(out)))
-    assert [r["preset"] for r in rows] == ["identity", "mean shift", "trvae"]
+    assert [r["preset"] for r in rows] == ["identity", "mean shift", "trvae", "trvae (mean)"]
     model = rows[2]
     assert model["cell_type"] == "NK" and model["seed"] == "0" and model["epochs"] == "1"
     assert 0 <= float(model["r2_mean_degs"]) <= 1 and float(model["train_seconds"]) > 0
     assert not list((tmp_path / "work").glob("*.h5ad"))           # predictions removed, evaluations kept
     assert len(list((tmp_path / "work").glob("*.eval.json"))) == 1
+    assert "| trvae | trvae (mean) |" in out.with_suffix(".md").read_text()
     for suffix in (".md", ".meta.json"):
         assert out.with_suffix(suffix).exists()
     assert (tmp_path / "bench_heatmap.png").stat().st_size > 1000
@@ -45,8 +46,8 @@ def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path
 
     capsys.readouterr()
     assert holdout.main(args) == 0                                 # resumed: nothing left to do
-    assert "0 runs to do (3 rows already" in capsys.readouterr().err
-    assert len(list(csv.DictReader(open(out)))) == 3
+    assert "0 runs to do (4 rows already" in capsys.readouterr().err
+    assert len(list(csv.DictReader(open(out)))) == 4
 
     with pytest.raises(SystemExit, match="other settings"):
         holdout.main(args[:-1] + ["32"])                         # other train options: refused

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .counterfactual import SCALES, counterfactual
+from .counterfactual import DECODE_MODES, SCALES, counterfactual
 from .data import anndata_io as io
 from .data.batching import dense_rows, iter_row_chunks
 from .errors import TrvaeError
@@ -36,8 +36,6 @@ from .model_dir import (
     load_model, publish_dir, read_config, staging_dir, write_history,
 )
 from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TrainSettings
-
-DECODE_MODES = ("mean", "sample", "counterfactual")
 
 DEFAULT_MODEL_DIR = "trvae_model"
 
@@ -129,6 +127,15 @@ def decode_rows(model, z: np.ndarray, codes: np.ndarray, n_conditions: int, batc
     if not x_hats:
         return np.zeros((0, model.n_genes), np.float32), np.zeros((0, model.mmd_dim), np.float32)
     return np.concatenate(x_hats), np.concatenate(hs)
+
+
+def _min_value(matrix) -> float:
+    """Smallest entry of a dense or sparse matrix (implicit zeros included)."""
+    if getattr(matrix, "nnz", None) is not None:
+        data = matrix.data
+        low = float(data.min()) if data.size else 0.0
+        return min(low, 0.0) if matrix.nnz < matrix.shape[0] * matrix.shape[1] else low
+    return float(np.min(matrix)) if np.size(matrix) else 0.0
 
 
 def train(
@@ -304,7 +311,7 @@ def transform(
     cell_type: str | None = None,
     condition_key: str | None = None,
     cell_type_key: str | None = None,
-    decode: str = "mean",
+    decode: str = DECODE_MODES[0],
     residual_scale: str = "log1p",
     seed: int = 0,
     batch_size: int = 1024,
@@ -315,12 +322,12 @@ def transform(
     """Predict how the ``source`` cells of ``data`` would look under ``target``.
 
     Encodes the selected source cells with the source condition, decodes with the
-    target condition. ``decode="mean"`` decodes the posterior mean of z
-    (deterministic); ``"sample"`` decodes one draw of q(z|x) per cell, seeded;
-    ``"counterfactual"`` keeps each cell's own residual and adds the model's change
-    ``f(z, target) - f(z, source)`` to it, on the ``residual_scale`` ("log1p": the
-    normalised-count scale of log1p data; "linear": the data's own), see
-    :mod:`trvae_cli.counterfactual`.
+    target condition. ``decode="counterfactual"`` (default) keeps each cell's own
+    residual and adds the model's change ``f(z, target) - f(z, source)`` (z the
+    posterior mean) to it, on the ``residual_scale`` ("log1p": the normalised-count
+    scale of log1p data; "linear": the data's own), see :mod:`trvae_cli.counterfactual`;
+    ``"mean"`` decodes the posterior mean of z (smooth conditional means);
+    ``"sample"`` decodes one draw of q(z|x) per cell, seeded.
     Returns a :class:`Prediction` (the AnnData, where it was written, and which
     defaults were filled in).
     """
@@ -368,6 +375,9 @@ def transform(
     rows = np.flatnonzero(mask)
     sub = matrix[rows]
     io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
+    if decode == "counterfactual" and residual_scale == "log1p" and _min_value(sub) < 0:
+        raise TrvaeError("the data have negative values, so they are not log1p-normalised: use "
+                         "--residual-scale linear (or --decode mean) for --decode counterfactual")
 
     from .backend import versions
 

@@ -13,6 +13,7 @@ import sys
 import click
 
 from . import __version__
+from .counterfactual import DECODE_MODES
 from .errors import TrvaeError
 from .settings import PRESETS, TrainSettings
 
@@ -164,10 +165,11 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
 @click.option("--condition", "--condition-key", "condition_key", default=None,
               help="obs column of the condition in DATA [default: the model's].")
 @click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
-@click.option("--decode", type=click.Choice(["mean", "sample", "counterfactual"]), default="mean",
+@click.option("--decode", type=click.Choice(DECODE_MODES), default=DECODE_MODES[0],
               show_default=True,
-              help="mean: decode the posterior mean of z (deterministic); sample: one draw of q(z|x); "
-                   "counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise.")
+              help="counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise; "
+                   "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x). "
+                   "All but sample are deterministic.")
 @click.option("--residual-scale", type=click.Choice(["log1p", "linear"]), default="log1p", show_default=True,
               help="Scale on which --decode counterfactual adds the change: log1p = normalised counts of "
                    "log1p data (expm1, add, log1p); linear = the data as they are.")

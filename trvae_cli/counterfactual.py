@@ -29,6 +29,9 @@ import numpy as np
 
 SCALES = ("log1p", "linear")
 
+#: ``trvae transform``'s decoding modes, the default first.
+DECODE_MODES = ("counterfactual", "mean", "sample")
+
 # expm1 of anything above this overflows float32 sums; log-normalised data never get near it.
 _MAX_LOG = 80.0
 

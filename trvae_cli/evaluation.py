@@ -133,11 +133,13 @@ def _unique_labels(labels: list[str]) -> list[str]:
 
 
 def default_label(path: Path, info: dict) -> str:
-    """The model directory's name for a trvae prediction, else the file name."""
+    """The model directory's name for a trvae prediction (plus its decode mode unless the default), else the file name."""
+    from .counterfactual import DECODE_MODES
+
     model = info.get("model")
     if model:
         name = Path(model).name
-        return f"{name} ({info['decode']})" if info.get("decode") not in (None, "mean") else name
+        return f"{name} ({info['decode']})" if info.get("decode") not in (None, DECODE_MODES[0]) else name
     return path.stem
 
 
