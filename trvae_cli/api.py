@@ -80,9 +80,34 @@ def _validate_settings(s: TrainSettings) -> None:
             raise TrvaeError(message)
 
 
-def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console):
+def _resolve_progress(progress: str) -> str:
+    if progress == "plain":
+        return "text"
+    if progress == "auto":
+        return "rich" if sys.stderr.isatty() else "json"
+    if progress not in ("rich", "text", "json", "none"):
+        raise TrvaeError(f"--log-format must be auto, rich, text or json, got {progress!r}")
+    return progress
+
+
+def _event_logger(progress: str) -> Callable[..., None]:
+    """``log(event, **fields)``: a JSON line (json) or a short text line (text, rich) on stderr."""
+    mode = _resolve_progress(progress)
+
+    def log(event: str, **fields) -> None:
+        if mode == "json":
+            from .training import json_line
+
+            print(json_line({"event": event, **fields}), file=sys.stderr, flush=True)
+        elif mode in ("text", "rich") and event == "checkpoint":
+            print(f"checkpoint after epoch {fields['epoch']}: {fields['path']}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console, initial_epoch: int = 0):
     """(early stopping, every callback): timing, KL warm-up, LR schedule, early stopping, progress."""
-    from .training import EpochTimer, KLWarmup, PlainProgress, RichProgress
+    from .training import EpochTimer, JsonProgress, KLWarmup, PlainProgress, RichProgress
 
     callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
     if s.lr_patience > 0:
@@ -92,14 +117,15 @@ def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console):
         monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
         restore_best_weights=True, verbose=0)
     callbacks.append(early)
-    if progress == "auto":
-        progress = "rich" if sys.stderr.isatty() else "plain"
+    progress = _resolve_progress(progress)
     if progress == "rich":
         from .console import stderr_console
 
-        callbacks.append(RichProgress(s.epochs, console or stderr_console()))
-    elif progress == "plain":
+        callbacks.append(RichProgress(s.epochs, console or stderr_console(), initial_epoch))
+    elif progress == "text":
         callbacks.append(PlainProgress(s.epochs))
+    elif progress == "json":
+        callbacks.append(JsonProgress(s.epochs, initial_epoch))
     return early, callbacks
 
 
@@ -153,6 +179,9 @@ def train(
     warn: Callable[[str], None] | None = None,
     command: str | None = None,
     preset: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    threads: int | None = None,
 ) -> Path:
     """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
 
@@ -171,7 +200,15 @@ def train(
     settings
         Hyperparameters (:class:`~trvae_cli.settings.TrainSettings`).
     progress
-        ``"rich"``, ``"plain"`` (a line per epoch on stderr), ``"none"`` or ``"auto"``.
+        ``"rich"`` (a progress bar), ``"text"`` (a line per epoch on stderr), ``"json"``
+        (JSON lines on stderr), ``"none"``, or ``"auto"``: rich on a terminal, else json.
+    checkpoint_every, resume
+        Write a checkpoint into ``out/checkpoint/`` every N epochs (0: only when SIGTERM or
+        SIGINT stops the run, which then raises :class:`~trvae_cli.errors.Interrupted`);
+        ``resume=True`` continues the run from that checkpoint, with the result of an
+        uninterrupted run (see :mod:`trvae_cli.checkpoint`).
+    threads
+        Cap the CPU threads of the backend (set before it is imported).
     preset
         The name the settings came from (recorded only; build them with
         :func:`~trvae_cli.settings.preset_settings`).
@@ -179,9 +216,18 @@ def train(
     s = settings or TrainSettings()
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     _validate_settings(s)
+    _resolve_progress(progress)
     data = Path(data)
     out = Path(out)
-    check_writable_target(out, force)
+    if checkpoint_every < 0:
+        raise TrvaeError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if resume:
+        from .checkpoint import checkpoint_path
+
+        if not checkpoint_path(out).is_dir():
+            raise TrvaeError(f"--resume: no checkpoint in {out} (expected {checkpoint_path(out)}/)")
+    else:
+        check_writable_target(out, force)
 
     adata = io.read_h5ad(data)
     matrix = io.get_matrix(adata, layer)
@@ -197,10 +243,13 @@ def train(
 
     from .backend import keras_module, seed_everything, versions
 
-    keras = keras_module()
+    keras = keras_module(threads=threads)
     seed_everything(s.seed)
+    from .checkpoint import (Checkpointer, StopOnSignals, TrainingInterrupted, check_same_run, checkpoint_path,
+                             read_checkpoint, restore_batches, restore_model)
+    from .errors import Interrupted
     from .model import TRVAE
-    from .training import CellBatches, history_rows
+    from .training import CellBatches
 
     model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
@@ -215,12 +264,51 @@ def train(
                                   seed=s.seed + 1, fixed=True, balanced=s.balanced_batches)
         monitor = "val_loss"
 
-    early, callbacks = _callbacks(keras, s, monitor, progress, console)
+    # what a checkpoint must match to be resumed: the settings and the data as selected
+    run_meta = json.loads(json.dumps({
+        "settings": s.to_dict(), "data": str(data.resolve()), "shape": list(adata.shape),
+        "condition_key": condition_key, "conditions": selection.conditions, "cell_type_key": cell_type_key,
+        "exclude": list(exclude), "layer": layer, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
+    }))
+    ckpt, initial_epoch, history_before = None, 0, []
+    if resume:
+        ckpt = read_checkpoint(out)
+        check_same_run(ckpt["state"]["meta"], run_meta)
+        model.optimizer.build(model.trainable_variables)
+        restore_model(ckpt, model)
+        restore_batches(ckpt, train_batches)
+        initial_epoch, history_before = ckpt["state"]["epochs_done"], ckpt["state"]["history"]
+
+    early, callbacks = _callbacks(keras, s, monitor, progress, console, initial_epoch)
+    reduce_lr = next((c for c in callbacks if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
+    log = _event_logger(progress)
+    checkpointer = Checkpointer(
+        checkpoint_path(out), checkpoint_every, train_batches, early, reduce_lr, run_meta,
+        history=history_before, restore=ckpt,
+        on_write=lambda epoch, path: log("checkpoint", epoch=epoch, path=str(path)),
+    )
+    callbacks.append(checkpointer)           # last: its snapshot sees the other callbacks' epoch
+    finished = ckpt is not None and (initial_epoch >= s.epochs or ckpt["state"]["early"]["stopped_epoch"] > 0)
     t0 = time.perf_counter()
-    history = model.fit(train_batches, validation_data=val_batches, epochs=s.epochs,
-                        callbacks=callbacks, verbose=0, shuffle=False)
-    seconds = time.perf_counter() - t0
-    rows_hist = history_rows(history.history)
+    if not finished:
+        try:
+            with StopOnSignals(checkpointer):
+                model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,
+                          callbacks=callbacks, verbose=0, shuffle=False)
+        except TrainingInterrupted as stop:
+            path = checkpointer.write()
+            done = checkpointer.snapshot["state"]["epochs_done"]
+            log("interrupted", signal=stop.signame, epochs_done=done, checkpoint=str(path))
+            raise Interrupted(f"{stop.signame}: stopped after epoch {done} of {s.epochs}; checkpoint in {path}; "
+                              f"continue with the same command plus --resume") from None
+    elif ckpt is not None:   # the checkpoint is of a finished run: what early stopping's end would do
+        from .checkpoint import restore_callbacks
+
+        restore_callbacks(ckpt, early, reduce_lr)
+        if early.best_weights is not None:
+            model.set_weights(early.best_weights)
+    seconds = time.perf_counter() - t0 + (ckpt["state"]["seconds"] if ckpt is not None else 0.0)
+    rows_hist = checkpointer.history
     arithmetic = None
     if not s.conditional:
         from .arithmetic import balanced_condition_means

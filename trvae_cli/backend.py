@@ -33,10 +33,47 @@ def _silenced_stderr_fd():
         os.close(devnull)
 
 
-def keras_module():
-    """Import Keras (TensorFlow backend unless KERAS_BACKEND says otherwise), quietly."""
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def limit_threads(threads: int) -> None:
+    """Cap CPU threads: environment variables for the native libraries (effective when set
+    before they load), and the backend's own setting where it is already importable."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
+def _apply_backend_threads(keras, threads: int) -> None:
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        elif backend == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+    except RuntimeError:   # the runtime was already initialised in this process: the env vars still apply
+        pass
+
+
+def keras_module(threads: int | None = None):
+    """Import Keras (TensorFlow backend unless KERAS_BACKEND says otherwise), quietly.
+
+    ``threads`` caps the backend's CPU threads (only fully effective on first import).
+    """
+    if threads is not None:
+        limit_threads(threads)
     if "keras" in sys.modules:
-        return sys.modules["keras"]
+        keras = sys.modules["keras"]
+        if threads is not None:
+            _apply_backend_threads(keras, threads)
+        return keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import logging
@@ -46,6 +83,8 @@ def keras_module():
     with _silenced_stderr_fd() if quiet else nullcontext():
         import keras
 
+        if threads is not None:
+            _apply_backend_threads(keras, threads)
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 

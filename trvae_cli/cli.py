@@ -44,7 +44,7 @@ def _invocation(ctx: click.Context) -> str:
         if isinstance(param, click.Argument):
             words.append(str(value))
             continue
-        if value is None or param.name in ("quiet", "force"):
+        if value is None or param.name in ("quiet", "force", "resume"):
             continue
         if param.is_flag:
             if param.secondary_opts:
@@ -61,14 +61,14 @@ def _invocation(ctx: click.Context) -> str:
 
 
 class TrvaeGroup(click.Group):
-    """Turns TrvaeError into one line on stderr and exit code 2, with no traceback."""
+    """Turns TrvaeError into one line on stderr and its exit code (2; 75 when interrupted), no traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TrvaeError as exc:
             _err(f"error: {exc}")
-            ctx.exit(2)
+            ctx.exit(exc.exit_code)
 
 
 @click.group(name="trvae", cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -132,10 +132,18 @@ def main():
 @click.option("--seed", type=int, default=D.seed, show_default=True)
 @click.option("--jit/--no-jit", default=D.jit, show_default=True,
               help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Write a checkpoint into OUT/checkpoint/ every N epochs (0: only on SIGTERM/SIGINT).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/checkpoint/ (same command otherwise); the result equals an uninterrupted run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Cap the CPU threads used.")
+@click.option("--log-format", type=click.Choice(["auto", "rich", "text", "json"]), default="auto",
+              show_default=True, help="Progress on stderr: auto = a progress bar on a terminal, JSON lines otherwise.")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset, **opts):
+def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset,
+          checkpoint_every, resume, threads, log_format, **opts):
     """Train trVAE on DATA (.h5ad) and write a model directory."""
     from click.core import ParameterSource
 
@@ -147,8 +155,8 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
     settings = TrainSettings(**opts)
     path = api.train(
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
-        settings=settings, force=force, progress="none" if quiet else "auto", command=_invocation(ctx),
-        preset=preset,
+        settings=settings, force=force, progress="none" if quiet else log_format, command=_invocation(ctx),
+        preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads,
     )
     if not quiet:
         _err(f"model written to {path}")

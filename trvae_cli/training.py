@@ -6,6 +6,7 @@ import this module.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -19,6 +20,9 @@ from .data.batching import BalancedSampler, dense_rows
 class CellBatches(keras.utils.PyDataset):
     """Feeds ``((x, condition), x)`` batches, densifying one batch at a time.
 
+    Each epoch's batches are drawn in ``on_epoch_begin``, once per epoch, so the sampler's
+    random state after epoch k decides epoch k + 1 alone (what a checkpoint saves). Keras
+    also calls ``on_epoch_end`` when ``fit`` starts; nothing happens there.
     ``fixed=True`` replays the same batches every epoch (for validation).
     """
 
@@ -45,7 +49,7 @@ class CellBatches(keras.utils.PyDataset):
         x = dense_rows(self.matrix, self.rows[local])
         return (x, self.labels[local]), x
 
-    def on_epoch_end(self):
+    def on_epoch_begin(self):
         if self.fixed:
             self._new_sampler()
         self._batches = self.sampler.epoch()
@@ -110,10 +114,11 @@ class PlainProgress(keras.callbacks.Callback):
 class RichProgress(keras.callbacks.Callback):
     """A rich progress bar over epochs, showing the loss terms."""
 
-    def __init__(self, epochs, console):
+    def __init__(self, epochs, console, initial_epoch=0):
         super().__init__()
         self.epochs = epochs
         self.console = console
+        self.initial_epoch = initial_epoch
 
     def on_train_begin(self, logs=None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -123,13 +128,52 @@ class RichProgress(keras.callbacks.Callback):
             TextColumn("{task.fields[terms]}"), console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=self.epochs, terms="")
+        self.task = self.progress.add_task("train", total=self.epochs, completed=self.initial_epoch, terms="")
 
     def on_epoch_end(self, epoch, logs=None):
         self.progress.update(self.task, completed=epoch + 1, terms=_fmt(logs or {}, _TERMS, short=True))
 
     def on_train_end(self, logs=None):
         self.progress.stop()
+
+
+def json_line(record: dict) -> str:
+    """One JSON object on one line; NaN and infinities become null (strict JSON)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (np.floating, np.integer)):
+            return clean(v.item())
+        return v
+
+    return json.dumps({k: clean(v) for k, v in record.items()}, separators=(",", ":"))
+
+
+class JsonProgress(keras.callbacks.Callback):
+    """JSON lines on stderr for batch jobs: a ``start`` event, one ``epoch`` event per epoch, ``end``.
+
+    Every line is an object with ``event`` and ``time`` (Unix seconds); epoch events carry
+    the epoch (1-based), the total, every loss term, ``seconds`` and ``learning_rate``.
+    """
+
+    def __init__(self, epochs, initial_epoch=0, stream=None):
+        super().__init__()
+        self.epochs = epochs
+        self.initial_epoch = initial_epoch
+        self.stream = stream or sys.stderr
+
+    def _emit(self, event, **fields):
+        print(json_line({"event": event, "time": round(time.time(), 3), **fields}), file=self.stream, flush=True)
+
+    def on_train_begin(self, logs=None):
+        self._emit("start", epochs=self.epochs, initial_epoch=self.initial_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._emit("epoch", epoch=epoch + 1, epochs=self.epochs,
+                   **{k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
+
+    def on_train_end(self, logs=None):
+        self._emit("end")
 
 
 def history_rows(history: dict) -> list[dict]:

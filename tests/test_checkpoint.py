@@ -1,0 +1,115 @@
+"""Batch-job behaviour: checkpoints, --resume equal to an uninterrupted run, SIGTERM, JSON-lines logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import assert_ok, assert_user_error, invoke
+
+ARGS = ["--condition", "condition", "--cell-type-key", "cell_type", "--exclude", "NK:stimulated",
+        "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "--dropout", "0.1",
+        "--lr-patience", "2", "--early-stopping-patience", "50", "--seed", "3"]
+
+
+def _weights(model_dir):
+    from trvae_cli.model_dir import load_model
+
+    _, model = load_model(model_dir)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def _assert_same_model(a, b):
+    for wa, wb in zip(_weights(a), _weights(b), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    ha = (Path(a) / "history.csv").read_text().splitlines()
+    hb = (Path(b) / "history.csv").read_text().splitlines()
+    strip = lambda lines: [",".join(c for i, c in enumerate(l.split(",")) if i not in drop) for l in lines]  # noqa: E731
+    header = ha[0].split(",")
+    drop = {header.index("seconds")}
+    assert strip(ha) == strip(hb)                       # every loss of every epoch, seconds aside
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_h5ad, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "full"
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "6", "--out", out, "-q"))
+    return out
+
+
+def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, uninterrupted, tmp_path):
+    from trvae_cli.checkpoint import read_checkpoint
+
+    out = tmp_path / "m"
+    # a run of 3 epochs with the same settings is not the same run (epochs differ): use a
+    # checkpoint written mid-run instead, by stopping the process the way a batch system does
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS, "--epochs", "6",
+           "--out", str(out), "--checkpoint-every", "1", "--log-format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    events = []
+    for line in proc.stderr:                           # wait for the first checkpoint, then SIGTERM
+        if line.startswith("{"):
+            events.append(json.loads(line))
+            if events[-1]["event"] == "checkpoint" and events[-1]["epoch"] >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+    rest, _ = proc.communicate(timeout=300)[1], None
+    assert proc.returncode == 75, rest
+    lines = [json.loads(l) for l in rest.splitlines() if l.startswith("{")]
+    stop = next(e for e in lines if e["event"] == "interrupted")
+    assert stop["signal"] == "SIGTERM" and stop["epochs_done"] >= 2
+    assert "error: SIGTERM: stopped after epoch" in rest and "--resume" in rest
+    assert not (out / "model.keras").exists()           # no half-finished model
+    ckpt = read_checkpoint(out)
+    assert ckpt["state"]["epochs_done"] == stop["epochs_done"] < 6
+
+    resumed = invoke("train", tiny_h5ad, *ARGS, "--epochs", "6", "--out", out, "--resume", "-q")
+    assert_ok(resumed)
+    _assert_same_model(out, uninterrupted)
+    assert not (out / "checkpoint").exists()           # the finished directory does not keep it
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["result"]["epochs_run"] == 6 and "--resume" not in cfg["command"]
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_h5ad, tmp_path):
+    out = tmp_path / "m"
+    assert_user_error(invoke("train", tiny_h5ad, *ARGS, "--epochs", "2", "--out", out, "--resume", "-q"),
+                      "no checkpoint")
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "2", "--out", out, "--checkpoint-every", "1", "-q"))
+    assert not (out / "checkpoint").exists()
+    # leave a checkpoint behind as a killed run would, then resume with another seed
+    from trvae_cli.checkpoint import checkpoint_path
+
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS,
+                             "--epochs", "50", "--out", str(tmp_path / "k"), "--checkpoint-every", "1", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (checkpoint_path(tmp_path / "k") / "state.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()                                          # SIGKILL: no chance to clean up
+    proc.wait()
+    other = [a if a != "3" else "4" for a in ARGS]
+    assert_user_error(invoke("train", tiny_h5ad, *other, "--epochs", "50", "--out", tmp_path / "k", "--resume", "-q"),
+                      "other settings", "seed")
+
+
+def test_json_log_lines(tiny_h5ad, tmp_path):
+    result = invoke("train", tiny_h5ad, *ARGS, "--epochs", "3", "--out", tmp_path / "m", "--log-format", "json")
+    assert_ok(result)
+    events = [json.loads(l) for l in result.stderr.splitlines() if l.startswith("{")]
+    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "epoch", "end"]
+    assert [e["epoch"] for e in events[1:4]] == [1, 2, 3]
+    assert all({"loss", "val_loss", "kl", "mmd", "seconds", "learning_rate", "time"} <= set(e) for e in events[1:4])
+
+
+def test_threads_option_trains(tiny_h5ad, tmp_path):
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "1", "--out", tmp_path / "m", "--threads", "1", "-q"))
+    assert "--threads 1" in json.loads((tmp_path / "m" / "config.json").read_text())["command"]
