@@ -129,12 +129,16 @@ def _callbacks(keras, s: TrainSettings, monitor: str, progress: str, console, in
     return early, callbacks
 
 
-def encode_rows(model, matrix, codes: np.ndarray, n_conditions: int, columns=None, batch_size: int = 1024):
-    """(z_mean, z_log_var) of every row of ``matrix``, each encoded with condition ``codes[i]``."""
+def encode_rows(model, matrix, codes: np.ndarray, n_conditions: int, columns=None, batch_size: int = 1024,
+                rows: np.ndarray | None = None):
+    """(z_mean, z_log_var) of every row of ``matrix`` (or of ``matrix[rows]``, read a batch at a
+    time), each encoded with condition ``codes[i]``."""
     eye = np.eye(n_conditions, dtype=np.float32)
     means, log_vars = [], []
-    for chunk in iter_row_chunks(matrix.shape[0], batch_size):
-        z_mean, z_log_var = model.encoder.predict_on_batch([dense_rows(matrix, chunk, columns), eye[codes[chunk]]])
+    n = matrix.shape[0] if rows is None else len(rows)
+    for chunk in iter_row_chunks(n, batch_size):
+        picked = chunk if rows is None else np.asarray(rows)[chunk]
+        z_mean, z_log_var = model.encoder.predict_on_batch([dense_rows(matrix, picked, columns), eye[codes[chunk]]])
         means.append(np.asarray(z_mean, np.float32))
         log_vars.append(np.asarray(z_log_var, np.float32))
     if not means:
@@ -153,6 +157,45 @@ def decode_rows(model, z: np.ndarray, codes: np.ndarray, n_conditions: int, batc
     if not x_hats:
         return np.zeros((0, model.n_genes), np.float32), np.zeros((0, model.mmd_dim), np.float32)
     return np.concatenate(x_hats), np.concatenate(hs)
+
+
+def _open_data(data, layer: str | None, backed: bool):
+    """(AnnData, matrix): in memory, or obs/var in memory and the matrix on disk (``backed``)."""
+    if backed:
+        from .data.backed import read_backed
+
+        return read_backed(data, layer)
+    adata = io.read_h5ad(data)
+    return adata, io.get_matrix(adata, layer)
+
+
+def _close_data(adata, matrix) -> None:
+    if hasattr(matrix, "close"):
+        matrix.close()
+    if getattr(adata, "isbacked", False):
+        adata.file.close()
+
+
+def _selected_rows(matrix, rows: np.ndarray, backed: bool):
+    """The rows to transform: a copy in memory, or a lazy view when backed."""
+    if backed:
+        from .data.backed import RowsView
+
+        return RowsView(matrix, rows)
+    return matrix[rows]
+
+
+def _check_rows(sub, name: str, need_nonnegative: bool) -> None:
+    """NaN/inf check (block by block when backed); optionally refuse negative values."""
+    blocks = sub.blocks() if hasattr(sub, "blocks") else [sub]
+    low = 0.0
+    for block in blocks:
+        io.check_finite(block, name)
+        if need_nonnegative:
+            low = min(low, _min_value(block))
+    if low < 0:
+        raise TrvaeError("the data have negative values, so they are not log1p-normalised: use "
+                         "--residual-scale linear (or --decode mean) for --decode counterfactual")
 
 
 def _min_value(matrix) -> float:
@@ -182,6 +225,7 @@ def train(
     checkpoint_every: int = 0,
     resume: bool = False,
     threads: int | None = None,
+    backed: bool = False,
 ) -> Path:
     """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
 
@@ -209,6 +253,10 @@ def train(
         uninterrupted run (see :mod:`trvae_cli.checkpoint`).
     threads
         Cap the CPU threads of the backend (set before it is imported).
+    backed
+        Leave the matrix on disk and read it in blocks of rows (memory does not grow with
+        the number of cells; batches are stratified by condition in proportion, see
+        :class:`~trvae_cli.data.backed.ChunkPlan`).
     preset
         The name the settings came from (recorded only; build them with
         :func:`~trvae_cli.settings.preset_settings`).
@@ -229,12 +277,28 @@ def train(
     else:
         check_writable_target(out, force)
 
-    adata = io.read_h5ad(data)
-    matrix = io.get_matrix(adata, layer)
+    adata, matrix = _open_data(data, layer, backed)
+    try:
+        return _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, layer, s, progress, console,
+                      warn, command, preset, checkpoint_every, resume, threads, backed)
+    finally:
+        _close_data(adata, matrix)
+
+
+def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, layer, s, progress, console, warn,
+           command, preset, checkpoint_every, resume, threads, backed) -> Path:
     selection = io.select_training_cells(adata, condition_key, cell_type_key, exclude)
     rows = np.flatnonzero(selection.mask)
-    io.check_finite(matrix[rows] if len(rows) < adata.n_obs else matrix, "X" if layer is None else f"layer {layer!r}")
-    if io.looks_like_counts(matrix):
+    name = "X" if layer is None else f"layer {layer!r}"
+    if backed:
+        from .data.backed import check_finite_backed, first_values
+
+        check_finite_backed(matrix, name)
+        counts_like = io.looks_like_counts(first_values(matrix))
+    else:
+        io.check_finite(matrix[rows] if len(rows) < adata.n_obs else matrix, name)
+        counts_like = io.looks_like_counts(matrix)
+    if counts_like:
         warn(
             "the data look like raw counts (all integers, large values); trVAE's MSE loss expects "
             "log-normalised values: normalise and log1p first, or choose a matrix with --layer"
@@ -249,19 +313,20 @@ def train(
                              read_checkpoint, restore_batches, restore_model)
     from .errors import Interrupted
     from .model import TRVAE
-    from .training import CellBatches
+    from .training import BackedBatches, CellBatches
 
     model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
                   jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
 
-    train_batches = CellBatches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size,
-                                seed=s.seed, balanced=s.balanced_batches)
+    Batches = BackedBatches if backed else CellBatches
+    extra = {} if backed else {"balanced": s.balanced_batches}
+    train_batches = Batches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size, seed=s.seed, **extra)
     val_batches = None
     monitor = "loss"
     if len(val_pos):
-        val_batches = CellBatches(matrix, rows[val_pos], selection.labels[val_pos], s.batch_size,
-                                  seed=s.seed + 1, fixed=True, balanced=s.balanced_batches)
+        val_batches = Batches(matrix, rows[val_pos], selection.labels[val_pos], s.batch_size, seed=s.seed + 1,
+                              fixed=True, **extra)
         monitor = "val_loss"
 
     # what a checkpoint must match to be resumed: the settings and the data as selected
@@ -269,6 +334,7 @@ def train(
         "settings": s.to_dict(), "data": str(data.resolve()), "shape": list(adata.shape),
         "condition_key": condition_key, "conditions": selection.conditions, "cell_type_key": cell_type_key,
         "exclude": list(exclude), "layer": layer, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
+        "backed": bool(backed),
     }))
     ckpt, initial_epoch, history_before = None, 0, []
     if resume:
@@ -313,7 +379,7 @@ def train(
     if not s.conditional:
         from .arithmetic import balanced_condition_means
 
-        z, _ = encode_rows(model, matrix[rows], selection.labels, len(selection.conditions))
+        z, _ = encode_rows(model, matrix, selection.labels, len(selection.conditions), rows=rows)
         types = None
         if cell_type_key:
             types = adata.obs[cell_type_key].astype(str).values[rows]
@@ -341,6 +407,7 @@ def train(
             "cell_type_key": cell_type_key,
             "exclude": list(exclude),
             "layer": layer,
+            "backed": bool(backed),
             "n_cells_train": int(len(train_pos)),
             "n_cells_validation": int(len(val_pos)),
             "n_cells_excluded": selection.n_excluded,
@@ -406,6 +473,7 @@ def transform(
     force: bool = False,
     write: bool = True,
     command: str | None = None,
+    backed: bool = False,
 ) -> Prediction:
     """Predict how the ``source`` cells of ``data`` would look under ``target``.
 
@@ -446,7 +514,18 @@ def transform(
         if label not in conditions:
             raise TrvaeError(f"{name} {label!r} is not a condition the model knows; it knows: {', '.join(conditions)}")
 
-    adata = io.read_h5ad(data)
+    adata, matrix = _open_data(data, dcfg.get("layer"), backed)
+    try:
+        return _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_type, condition_key,
+                          cell_type_key, decode, residual_scale, seed, batch_size, command, conditions, defaults,
+                          backed)
+    finally:
+        _close_data(adata, matrix)
+
+
+def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
+               decode, residual_scale, seed, batch_size, command, conditions, defaults, backed) -> Prediction:
+    dcfg = cfg["data"]
     cond = io.require_obs_key(adata, condition_key, "condition")
     io.require_values(cond, [source], condition_key)
     mask = cond.values == source
@@ -459,13 +538,10 @@ def transform(
         if not mask.any():
             raise TrvaeError(f"no cells are both {condition_key}={source!r} and {cell_type_key}={cell_type!r}")
     columns = io.gene_indexer(adata.var_names, cfg["var_names"])
-    matrix = io.get_matrix(adata, dcfg.get("layer"))
     rows = np.flatnonzero(mask)
-    sub = matrix[rows]
-    io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
-    if decode == "counterfactual" and residual_scale == "log1p" and _min_value(sub) < 0:
-        raise TrvaeError("the data have negative values, so they are not log1p-normalised: use "
-                         "--residual-scale linear (or --decode mean) for --decode counterfactual")
+    sub = _selected_rows(matrix, rows, backed)
+    _check_rows(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}",
+                need_nonnegative=decode == "counterfactual" and residual_scale == "log1p")
 
     from .backend import versions
 

@@ -137,13 +137,15 @@ def main():
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoint/ (same command otherwise); the result equals an uninterrupted run.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Cap the CPU threads used.")
+@click.option("--backed", is_flag=True,
+              help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "text", "json"]), default="auto",
               show_default=True, help="Progress on stderr: auto = a progress bar on a terminal, JSON lines otherwise.")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset,
-          checkpoint_every, resume, threads, log_format, **opts):
+          checkpoint_every, resume, threads, log_format, backed, **opts):
     """Train trVAE on DATA (.h5ad) and write a model directory."""
     from click.core import ParameterSource
 
@@ -156,7 +158,7 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
     path = api.train(
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
         settings=settings, force=force, progress="none" if quiet else log_format, command=_invocation(ctx),
-        preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads,
+        preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads, backed=backed,
     )
     if not quiet:
         _err(f"model written to {path}")
@@ -182,18 +184,19 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
               help="Scale on which --decode counterfactual adds the change: log1p = normalised counts of "
                    "log1p data (expm1, add, log1p); linear = the data as they are.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --decode sample.")
+@click.option("--backed", is_flag=True, help="Read the selected cells from disk in blocks instead of loading DATA.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
 @click.pass_context
 def transform(ctx, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
-              decode, residual_scale, seed, force, quiet):
+              decode, residual_scale, seed, backed, force, quiet):
     """Transform cells from one condition (--from) to another (--to)."""
     from . import api
 
     pred = api.transform(
         model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
         condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, residual_scale=residual_scale, seed=seed,
-        force=force,
+        force=force, backed=backed,
         command=_invocation(ctx),
     )
     if not quiet:

@@ -13,6 +13,7 @@ import time
 
 import keras
 import numpy as np
+import scipy.sparse as sp
 
 from .data.batching import BalancedSampler, dense_rows
 
@@ -53,6 +54,59 @@ class CellBatches(keras.utils.PyDataset):
         if self.fixed:
             self._new_sampler()
         self._batches = self.sampler.epoch()
+
+
+class BackedBatches(keras.utils.PyDataset):
+    """Out-of-core twin of :class:`CellBatches`: reads pools of row blocks from disk as needed.
+
+    The plan (:class:`~trvae_cli.data.backed.ChunkPlan`) is drawn in ``on_epoch_begin``,
+    like :class:`CellBatches`; at most two pools of blocks are held, sparse, and one batch
+    is densified at a time.
+    """
+
+    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, block_rows=4096, pool_blocks=8):
+        super().__init__(workers=1, use_multiprocessing=False)
+        from .data.backed import ChunkPlan
+
+        self.matrix = matrix
+        self.fixed = fixed
+        self.plan = ChunkPlan(rows, labels, batch_size, block_rows, pool_blocks, seed, fixed)
+        self.sampler = self.plan            # what a checkpoint saves: .rng
+        self._cache: dict = {}
+        self._batches = self.plan.epoch()
+
+    def __len__(self):
+        return self.plan.n_batches
+
+    def _pool(self, p: int):
+        if p not in self._cache:
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            br = self.plan.block_rows
+            blocks = sorted(int(b) for b in self.plan.pool_blocks_of[p])
+            parts = [self.matrix.block(b * br, min((b + 1) * br, self.matrix.shape[0])) for b in blocks]
+            starts = np.concatenate([np.arange(b * br, b * br + part.shape[0]) for b, part in zip(blocks, parts)])
+            stacked = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
+            self._cache[p] = (starts, stacked)
+        return self._cache[p]
+
+    def __getitem__(self, i):
+        pools, positions = self._batches[i]
+        order = np.argsort(positions, kind="stable")      # rows sorted within the batch, as in memory
+        pools, positions = pools[order], positions[order]
+        xs = []
+        for p in np.unique(pools):
+            starts, stacked = self._pool(int(p))
+            sel = positions[pools == p]
+            local = np.searchsorted(starts, self.plan.rows[sel])
+            xs.append(dense_rows(stacked, local))
+        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        labels = np.concatenate([self.plan.labels[positions[pools == p]] for p in np.unique(pools)])
+        return (x, labels.astype(np.int32)), x
+
+    def on_epoch_begin(self):
+        self._cache.clear()
+        self._batches = self.plan.epoch()
 
 
 class KLWarmup(keras.callbacks.Callback):

@@ -26,9 +26,8 @@ def _preview(values: Sequence, n: int = 8) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
-def read_h5ad(path: str | Path):
-    """Read an ``.h5ad`` file into memory; clear errors for a missing or foreign file."""
-    import anndata as ad
+def check_h5ad_path(path: str | Path) -> Path:
+    """Clear errors for a missing file, a directory or a file that is not HDF5."""
     import h5py
 
     path = Path(path)
@@ -38,6 +37,14 @@ def read_h5ad(path: str | Path):
         raise TrvaeError(f"expected an .h5ad file, got a directory: {path}")
     if not h5py.is_hdf5(path):
         raise TrvaeError(f"not an .h5ad (HDF5) file: {path}")
+    return path
+
+
+def read_h5ad(path: str | Path):
+    """Read an ``.h5ad`` file into memory; clear errors for a missing or foreign file."""
+    import anndata as ad
+
+    path = check_h5ad_path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # anndata's notes on old layouts
