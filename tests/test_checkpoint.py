@@ -113,3 +113,26 @@ def test_json_log_lines(tiny_h5ad, tmp_path):
 def test_threads_option_trains(tiny_h5ad, tmp_path):
     assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "1", "--out", tmp_path / "m", "--threads", "1", "-q"))
     assert "--threads 1" in json.loads((tmp_path / "m" / "config.json").read_text())["command"]
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_and_transforms(tiny_h5ad, tmp_path, precision):
+    import anndata as ad
+
+    out = tmp_path / "m"
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "2", "--out", out, "--precision", precision, "-q"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["precision"] == precision
+    import csv
+
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    from trvae_cli.model_dir import load_model
+
+    _, model = load_model(out)
+    assert model.encoder.layers[-1].dtype_policy.compute_dtype in ("bfloat16", "float16")
+    assert all(w.dtype == "float32" for w in model.weights if "kernel" in w.path)   # weights stay float32
+    pred = tmp_path / "p.h5ad"
+    assert_ok(invoke("transform", "--model", out, "--from", "control", "--to", "stimulated", "--cell-type", "NK",
+                     "--out", pred, "-q"))
+    assert np.isfinite(np.asarray(ad.read_h5ad(pred).X)).all()

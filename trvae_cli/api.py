@@ -35,7 +35,7 @@ from .model_dir import (
     CONFIG_FILE, FORMAT, FORMAT_VERSION, HISTORY_FILE, MODEL_FILE, check_writable_target,
     load_model, publish_dir, read_config, staging_dir, write_history,
 )
-from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, TrainSettings
+from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, PRECISIONS, TrainSettings
 
 DEFAULT_MODEL_DIR = "trvae_model"
 
@@ -74,6 +74,7 @@ def _validate_settings(s: TrainSettings) -> None:
         (s.output_activation in OUTPUT_ACTIVATIONS, f"--output-activation must be one of {OUTPUT_ACTIVATIONS}"),
         (min(s.alpha, s.beta, s.eta) >= 0, "loss weights --alpha, --beta and --eta must be >= 0"),
         (s.learning_rate > 0, "--learning-rate must be > 0"),
+        (s.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {s.precision!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -315,9 +316,16 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
     from .model import TRVAE
     from .training import BackedBatches, CellBatches
 
-    model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=s.learning_rate),
-                  jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(s.precision)   # layers compute in 16 bits, variables and losses stay float32
+    try:
+        model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    optimizer = keras.optimizers.Adam(learning_rate=s.learning_rate)
+    if s.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
 
     Batches = BackedBatches if backed else CellBatches
     extra = {} if backed else {"balanced": s.balanced_batches}

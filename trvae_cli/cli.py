@@ -130,6 +130,9 @@ def main():
 @click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
               help="Equal share of every condition in each batch.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default=D.precision,
+              show_default=True, help="Keras dtype policy: mixed_* compute in 16 bits (GPU), keep weights and "
+              "losses in float32.")
 @click.option("--jit/--no-jit", default=D.jit, show_default=True,
               help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",

@@ -98,10 +98,15 @@ def load_model(model_dir: str | Path, cfg: dict | None = None):
     keras = keras_module()
     from .model import TRVAE  # registers the custom classes
 
+    previous_policy = keras.config.dtype_policy()
+    # the sub-networks are rebuilt from the model's config: under the policy it was trained with
+    keras.config.set_dtype_policy(cfg.get("training", {}).get("precision", "float32"))
     try:
         model = keras.saving.load_model(Path(model_dir) / MODEL_FILE, safe_mode=True, compile=False)
     except Exception as exc:
         raise TrvaeError(f"could not load {Path(model_dir) / MODEL_FILE}: {exc.__class__.__name__}: {exc}") from None
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     if not isinstance(model, TRVAE):
         raise TrvaeError(f"{model_dir} does not hold a trVAE model")
     return cfg, model

@@ -12,6 +12,8 @@ MMD_PLACEMENTS = ("decoder", "latent", "none")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 RECONSTRUCTION_LOSSES = ("mse", "sse")
 #: Settings that are constructor arguments of the model (and so part of its saved config).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
 MODEL_FIELDS = ("hidden", "mmd_dim", "latent_dim", "dropout", "output_activation", "mmd_on",
                 "conditional", "alpha", "beta", "eta", "reconstruction", "seed")
 
@@ -43,6 +45,7 @@ class TrainSettings:
     balanced_batches: bool = True
     seed: int = 0
     jit: bool = True
+    precision: str = "float32"   # or mixed_bfloat16 / mixed_float16 (Keras dtype policies)
 
     def model_kwargs(self) -> dict:
         """The arguments of :class:`~trvae_cli.model.TRVAE` that these settings fix."""

@@ -23,7 +23,7 @@ class Sampling(keras.layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
-        eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * z_log_var) * eps
 
     def get_config(self):
@@ -46,7 +46,8 @@ class MMDLoss(keras.layers.Layer):
 
     def call(self, inputs):
         h, onehot = inputs
-        mmd = pairwise_condition_mmd(h, onehot, self.scales)
+        # the kernel's exp(-d²/2s) with scales down to 1e-6 needs float32 under mixed precision
+        mmd = pairwise_condition_mmd(ops.cast(h, "float32"), ops.cast(onehot, "float32"), self.scales)
         self.add_loss(self.beta * mmd)
         return h
 
