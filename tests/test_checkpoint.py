@@ -36,21 +36,18 @@ def _assert_same_model(a, b):
     assert strip(ha) == strip(hb)                       # every loss of every epoch, seconds aside
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_h5ad, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "full"
-    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "6", "--out", out, "-q"))
-    return out
-
-
-def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, uninterrupted, tmp_path):
+@pytest.mark.parametrize("mode", [(), ("--backed",)], ids=["memory", "backed"])
+def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, tmp_path, mode):
     from trvae_cli.checkpoint import read_checkpoint
+
+    uninterrupted = tmp_path / "full"
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "6", "--out", uninterrupted, "-q"))
 
     out = tmp_path / "m"
     # a run of 3 epochs with the same settings is not the same run (epochs differ): use a
     # checkpoint written mid-run instead, by stopping the process the way a batch system does
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS, "--epochs", "6",
+    cmd = [sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS, *mode, "--epochs", "6",
            "--out", str(out), "--checkpoint-every", "1", "--log-format", "json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     events = []
@@ -70,7 +67,7 @@ def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, uninterr
     ckpt = read_checkpoint(out)
     assert ckpt["state"]["epochs_done"] == stop["epochs_done"] < 6
 
-    resumed = invoke("train", tiny_h5ad, *ARGS, "--epochs", "6", "--out", out, "--resume", "-q")
+    resumed = invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "6", "--out", out, "--resume", "-q")
     assert_ok(resumed)
     _assert_same_model(out, uninterrupted)
     assert not (out / "checkpoint").exists()           # the finished directory does not keep it
