@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,38 +40,41 @@ def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, tmp_path
     from trvae_cli.checkpoint import read_checkpoint
 
     uninterrupted = tmp_path / "full"
-    assert_ok(invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "6", "--out", uninterrupted, "-q"))
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "4", "--out", uninterrupted, "-q"))
 
     out = tmp_path / "m"
-    # a run of 3 epochs with the same settings is not the same run (epochs differ): use a
-    # checkpoint written mid-run instead, by stopping the process the way a batch system does
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS, *mode, "--epochs", "6",
+    # a real SIGTERM through the real handler, sent by the process to itself right after epoch 2
+    # (deterministic, unlike racing a fast epoch from outside)
+    child = ("import os, signal, sys\n"
+             "from trvae_cli import checkpoint as C\n"
+             "orig = C.Checkpointer.on_epoch_end\n"
+             "def hook(self, epoch, logs=None):\n"
+             "    orig(self, epoch, logs)\n"
+             "    if epoch + 1 == 2:\n"
+             "        os.kill(os.getpid(), signal.SIGTERM)\n"
+             "C.Checkpointer.on_epoch_end = hook\n"
+             "from trvae_cli.cli import main\n"
+             "main(args=sys.argv[1:], prog_name='trvae')\n")
+    cmd = [sys.executable, "-c", child, "train", str(tiny_h5ad), *ARGS, *mode, "--epochs", "4",
            "--out", str(out), "--checkpoint-every", "1", "--log-format", "json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    events = []
-    for line in proc.stderr:                           # wait for the first checkpoint, then SIGTERM
-        if line.startswith("{"):
-            events.append(json.loads(line))
-            if events[-1]["event"] == "checkpoint" and events[-1]["epoch"] >= 2:
-                proc.send_signal(signal.SIGTERM)
-                break
-    rest, _ = proc.communicate(timeout=300)[1], None
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rest = proc.stderr
     assert proc.returncode == 75, rest
     lines = [json.loads(l) for l in rest.splitlines() if l.startswith("{")]
     stop = next(e for e in lines if e["event"] == "interrupted")
-    assert stop["signal"] == "SIGTERM" and stop["epochs_done"] >= 2
+    assert stop["signal"] == "SIGTERM" and stop["epochs_done"] == 2
+    assert [e["epoch"] for e in lines if e["event"] == "checkpoint"][:2] == [1, 2]
     assert "error: SIGTERM: stopped after epoch" in rest and "--resume" in rest
     assert not (out / "model.keras").exists()           # no half-finished model
     ckpt = read_checkpoint(out)
-    assert ckpt["state"]["epochs_done"] == stop["epochs_done"] < 6
+    assert ckpt["state"]["epochs_done"] == stop["epochs_done"] < 4
 
-    resumed = invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "6", "--out", out, "--resume", "-q")
+    resumed = invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "4", "--out", out, "--resume", "-q")
     assert_ok(resumed)
     _assert_same_model(out, uninterrupted)
     assert not (out / "checkpoint").exists()           # the finished directory does not keep it
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["result"]["epochs_run"] == 6 and "--resume" not in cfg["command"]
+    assert cfg["result"]["epochs_run"] == 4 and "--resume" not in cfg["command"]
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_h5ad, tmp_path):
@@ -117,7 +119,7 @@ def test_mixed_precision_trains_and_transforms(tiny_h5ad, tmp_path, precision):
     import anndata as ad
 
     out = tmp_path / "m"
-    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "2", "--out", out, "--precision", precision, "-q"))
+    assert_ok(invoke("train", tiny_h5ad, *ARGS, "--epochs", "1", "--out", out, "--precision", precision, "-q"))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["precision"] == precision
     import csv
