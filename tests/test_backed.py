@@ -61,19 +61,15 @@ def test_backed_transform_equals_in_memory(trained_model, tmp_path):
                                       np.asarray(ad.read_h5ad(tmp_path / f"b_{decode}.h5ad").X))
 
 
-def test_backed_training_is_recorded_and_seeded(tiny_h5ad, fast_train_args, tmp_path):
+def test_backed_training_is_recorded_and_transforms(tiny_h5ad, fast_train_args, tmp_path):
     args = ["train", tiny_h5ad, "--condition", "condition", "--cell-type-key", "cell_type",
             "--exclude", "NK:stimulated", *fast_train_args, "--backed"]
     assert_ok(invoke(*args, "--out", tmp_path / "m"))
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["data"]["backed"] is True and "--backed" in cfg["command"]
     assert cfg["data"]["n_cells_excluded"] > 0
-    assert_ok(invoke(*args, "--out", tmp_path / "m2"))       # same seed, same plan: same weights
-    from trvae_cli.model_dir import load_model
-
-    for a, b in zip(load_model(tmp_path / "m")[1].get_weights(), load_model(tmp_path / "m2")[1].get_weights()):
-        np.testing.assert_array_equal(a, b)
     assert_ok(_transform(tmp_path / "m", tmp_path / "p.h5ad", "--backed"))
+    # seeded: test_checkpoint's backed variant trains twice and compares every weight
 
 
 def test_backed_refuses_csc_and_nan(tiny_h5ad, tmp_path):
