@@ -631,7 +631,7 @@ def embed(
     dcfg = cfg["data"]
     data = data if data is not None else dcfg["path"]
     condition_key = condition_key or dcfg["condition_key"]
-    adata = io.read_h5ad(data)
+    adata, matrix = _open_data(data, dcfg.get("layer"), backed=False)
     cond = io.require_obs_key(adata, condition_key, "condition")
     conditions = list(dcfg["conditions"])
     known = np.isin(cond.astype(str).values, conditions)
@@ -641,8 +641,8 @@ def embed(
     if max_cells is not None and len(rows) > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_cells, replace=False))
     columns = io.gene_indexer(adata.var_names, cfg["var_names"])
-    sub = io.get_matrix(adata, dcfg.get("layer"))[rows]
-    io.check_finite(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}")
+    sub = _selected_rows(matrix, rows, backed=False)
+    _check_rows(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}", need_nonnegative=False)
     codes = np.array([conditions.index(c) for c in cond.astype(str).values[rows]])
 
     cfg, model = load_model(model_dir, cfg)
