@@ -15,11 +15,13 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,16 @@ from .model_dir import (
 from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, PRECISIONS, TrainSettings
 
 DEFAULT_MODEL_DIR = "trvae_model"
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every weight of ``model`` (float32 bytes, in order): equal digests, equal models."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def _api_call(name: str, **kwargs) -> str:
@@ -227,7 +239,8 @@ def train(
     resume: bool = False,
     threads: int | None = None,
     backed: bool = False,
-) -> Path:
+    strategy: str = "none",
+) -> Path | None:
     """Train trVAE on an ``.h5ad`` and write a model directory; returns its path.
 
     Parameters
@@ -258,6 +271,11 @@ def train(
         Leave the matrix on disk and read it in blocks of rows (memory does not grow with
         the number of cells; batches are stratified by condition in proportion, see
         :class:`~trvae_cli.data.backed.ChunkPlan`).
+    strategy
+        ``"none"``, ``"mirrored"`` (every local GPU) or ``"multiworker"`` (one process per
+        node; cluster from ``TF_CONFIG`` or Slurm): data-parallel training through
+        ``tf.distribute`` (see :mod:`trvae_cli.distribute`). Only the chief writes ``out``
+        and checkpoints; the other workers return ``None``.
     preset
         The name the settings came from (recorded only; build them with
         :func:`~trvae_cli.settings.preset_settings`).
@@ -270,6 +288,10 @@ def train(
     out = Path(out)
     if checkpoint_every < 0:
         raise TrvaeError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    from .distribute import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise TrvaeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if resume:
         from .checkpoint import checkpoint_path
 
@@ -281,13 +303,13 @@ def train(
     adata, matrix = _open_data(data, layer, backed)
     try:
         return _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, layer, s, progress, console,
-                      warn, command, preset, checkpoint_every, resume, threads, backed)
+                      warn, command, preset, checkpoint_every, resume, threads, backed, strategy)
     finally:
         _close_data(adata, matrix)
 
 
 def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, layer, s, progress, console, warn,
-           command, preset, checkpoint_every, resume, threads, backed) -> Path:
+           command, preset, checkpoint_every, resume, threads, backed, strategy) -> Path | None:
     selection = io.select_training_cells(adata, condition_key, cell_type_key, exclude)
     rows = np.flatnonzero(selection.mask)
     name = "X" if layer is None else f"layer {layer!r}"
@@ -309,6 +331,12 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
     from .backend import keras_module, seed_everything, versions
 
     keras = keras_module(threads=threads)
+    from .distribute import make_distribution
+
+    dist = make_distribution(strategy)       # before TensorFlow runs anything (multi-worker needs that)
+    if dist.replicas > 1 and s.jit and not dist.has_gpu:
+        warn("XLA cannot compile collective operations on the CPU: training without --jit")
+        s = dataclasses.replace(s, jit=False)
     seed_everything(s.seed)
     from .checkpoint import (Checkpointer, StopOnSignals, TrainingInterrupted, check_same_run, checkpoint_path,
                              read_checkpoint, restore_batches, restore_model)
@@ -319,16 +347,23 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(s.precision)   # layers compute in 16 bits, variables and losses stay float32
     try:
-        model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions), **s.model_kwargs())
+        with dist.scope():
+            model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions),
+                          sync_batchnorm=dist.replicas > 1, **s.model_kwargs())
+            optimizer = keras.optimizers.Adam(learning_rate=s.learning_rate)
+            if s.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer, jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
+            if dist.strategy is not None:    # built here, not by fit (see trvae_cli.distribute)
+                model((np.zeros((2, adata.n_vars), np.float32), np.zeros(2, np.int32)), training=False)
+                model.optimizer.build(model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    optimizer = keras.optimizers.Adam(learning_rate=s.learning_rate)
-    if s.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
 
     Batches = BackedBatches if backed else CellBatches
-    extra = {} if backed else {"balanced": s.balanced_batches}
+    extra = {"replicas": dist.replicas}
+    if not backed:
+        extra["balanced"] = s.balanced_batches
     train_batches = Batches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size, seed=s.seed, **extra)
     val_batches = None
     monitor = "loss"
@@ -342,7 +377,7 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
         "settings": s.to_dict(), "data": str(data.resolve()), "shape": list(adata.shape),
         "condition_key": condition_key, "conditions": selection.conditions, "cell_type_key": cell_type_key,
         "exclude": list(exclude), "layer": layer, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
-        "backed": bool(backed),
+        "backed": bool(backed), "distribution": dist.describe(),
     }))
     ckpt, initial_epoch, history_before = None, 0, []
     if resume:
@@ -357,7 +392,7 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
     reduce_lr = next((c for c in callbacks if isinstance(c, keras.callbacks.ReduceLROnPlateau)), None)
     log = _event_logger(progress)
     checkpointer = Checkpointer(
-        checkpoint_path(out), checkpoint_every, train_batches, early, reduce_lr, run_meta,
+        checkpoint_path(out), checkpoint_every if dist.is_chief else 0, train_batches, early, reduce_lr, run_meta,
         history=history_before, restore=ckpt,
         on_write=lambda epoch, path: log("checkpoint", epoch=epoch, path=str(path)),
     )
@@ -366,7 +401,9 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
     t0 = time.perf_counter()
     if not finished:
         try:
-            with StopOnSignals(checkpointer):
+            # a multi-worker run cannot stop one worker mid-epoch without hanging the others:
+            # signals keep their default action there, and --checkpoint-every is the way to resume
+            with StopOnSignals(checkpointer) if dist.workers == 1 else nullcontext():
                 model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,
                           callbacks=callbacks, verbose=0, shuffle=False)
         except TrainingInterrupted as stop:
@@ -421,17 +458,23 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
             "n_cells_excluded": selection.n_excluded,
             "n_genes": int(adata.n_vars),
         },
+        "distribution": dist.describe(),
         "var_names": [str(g) for g in adata.var_names],
         "result": {
             "epochs_run": len(rows_hist),
             "best_epoch": int(early.best_epoch) + 1 if early.best_weights is not None else len(rows_hist),
             "best_" + monitor: float(early.best) if early.best_weights is not None else None,
             "train_seconds": round(seconds, 2),
+            "weights_sha256": weights_digest(model),
         },
         "versions": versions(),
     }
     if arithmetic is not None:
         config["latent_arithmetic"] = arithmetic
+    log("result", weights_sha256=config["result"]["weights_sha256"], epochs_run=len(rows_hist),
+        worker=dist.worker_index, written=dist.is_chief)
+    if not dist.is_chief:
+        return None
     staged = staging_dir(out)
     try:
         model.save(staged / MODEL_FILE)

@@ -142,13 +142,16 @@ def main():
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Cap the CPU threads used.")
 @click.option("--backed", is_flag=True,
               help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
+@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
+              show_default=True, help="Data-parallel training with tf.distribute: mirrored = all local GPUs; "
+              "multiworker = one process per node, cluster from TF_CONFIG or Slurm (only worker 0 writes OUT).")
 @click.option("--log-format", type=click.Choice(["auto", "rich", "text", "json"]), default="auto",
               show_default=True, help="Progress on stderr: auto = a progress bar on a terminal, JSON lines otherwise.")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset,
-          checkpoint_every, resume, threads, log_format, backed, **opts):
+          checkpoint_every, resume, threads, log_format, backed, strategy, **opts):
     """Train trVAE on DATA (.h5ad) and write a model directory."""
     from click.core import ParameterSource
 
@@ -162,7 +165,10 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
         settings=settings, force=force, progress="none" if quiet else log_format, command=_invocation(ctx),
         preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads, backed=backed,
+        strategy=strategy,
     )
+    if path is None:     # a multi-worker run's other workers: the chief wrote the model
+        return
     if not quiet:
         _err(f"model written to {path}")
     click.echo(str(path))

@@ -15,7 +15,8 @@ RECONSTRUCTION_LOSSES = ("mse", "sse")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 MODEL_FIELDS = ("hidden", "mmd_dim", "latent_dim", "dropout", "output_activation", "mmd_on",
-                "conditional", "alpha", "beta", "eta", "reconstruction", "seed")
+                "conditional", "alpha", "beta", "eta", "reconstruction", "seed", "arch", "filters")
+ARCHS = ("mlp", "conv", "unet")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class TrainSettings:
     output_activation: str = "relu"
     mmd_on: str = "decoder"
     conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
+    arch: str = "mlp"          # images: "conv" (seed Table 1) or "unet" (the deeper one, Table 2)
+    filters: tuple[int, ...] = (32, 64)   # conv blocks of the image networks (each halves H and W)
     # loss
     alpha: float = 1e-4
     beta: float = 1.0
@@ -54,6 +57,7 @@ class TrainSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["filters"] = list(self.filters)
         return d
 
 

@@ -15,7 +15,17 @@ import keras
 import numpy as np
 import scipy.sparse as sp
 
-from .data.batching import BalancedSampler, dense_rows
+from .data.batching import BalancedSampler, dense_rows, replica_order
+
+
+def training_batch(x: np.ndarray, labels: np.ndarray, replicas: int = 1):
+    """The ``((x, condition), x)`` tuple Keras trains on, its rows dealt to ``replicas``
+    slices with every condition in each (:func:`~trvae_cli.data.batching.replica_order`)."""
+    labels = np.asarray(labels, dtype=np.int32)
+    if replicas > 1:
+        order = replica_order(labels, replicas)
+        x, labels = x[order], labels[order]
+    return (x, labels), x
 
 
 class CellBatches(keras.utils.PyDataset):
@@ -27,9 +37,10 @@ class CellBatches(keras.utils.PyDataset):
     ``fixed=True`` replays the same batches every epoch (for validation).
     """
 
-    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, balanced=True):
+    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, balanced=True, replicas=1):
         super().__init__(workers=1, use_multiprocessing=False)
         self.matrix = matrix
+        self.replicas = int(replicas)
         self.rows = np.asarray(rows)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.seed = seed
@@ -47,8 +58,7 @@ class CellBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         local = self._batches[i]
-        x = dense_rows(self.matrix, self.rows[local])
-        return (x, self.labels[local]), x
+        return training_batch(dense_rows(self.matrix, self.rows[local]), self.labels[local], self.replicas)
 
     def on_epoch_begin(self):
         if self.fixed:
@@ -64,11 +74,13 @@ class BackedBatches(keras.utils.PyDataset):
     is densified at a time.
     """
 
-    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, block_rows=4096, pool_blocks=8):
+    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, block_rows=4096, pool_blocks=8,
+                 replicas=1):
         super().__init__(workers=1, use_multiprocessing=False)
         from .data.backed import ChunkPlan
 
         self.matrix = matrix
+        self.replicas = int(replicas)
         self.fixed = fixed
         self.plan = ChunkPlan(rows, labels, batch_size, block_rows, pool_blocks, seed, fixed)
         self.sampler = self.plan            # what a checkpoint saves: .rng
@@ -102,7 +114,7 @@ class BackedBatches(keras.utils.PyDataset):
             xs.append(dense_rows(stacked, local))
         x = np.concatenate(xs) if len(xs) > 1 else xs[0]
         labels = np.concatenate([self.plan.labels[positions[pools == p]] for p in np.unique(pools)])
-        return (x, labels.astype(np.int32)), x
+        return training_batch(x, labels, self.replicas)
 
     def on_epoch_begin(self):
         self._cache.clear()

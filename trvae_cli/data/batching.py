@@ -65,6 +65,22 @@ class BalancedSampler:
         return batches
 
 
+def replica_order(labels: np.ndarray, replicas: int) -> np.ndarray:
+    """Positions that reorder one batch so that each of its ``replicas`` contiguous slices
+    holds the conditions in proportion.
+
+    ``tf.distribute`` gives replica r the r-th contiguous slice of a global batch (sizes
+    differing by at most one, the larger first). The batch is grouped by condition and
+    dealt round-robin: position j goes to slice ``j % replicas``, which gives exactly
+    those sizes. With one replica the order is unchanged.
+    """
+    labels = np.asarray(labels)
+    if replicas <= 1:
+        return np.arange(len(labels))
+    grouped = np.argsort(labels, kind="stable")
+    return np.concatenate([grouped[r::replicas] for r in range(replicas)])
+
+
 def dense_rows(matrix, rows: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """Rows of a CSR or dense matrix as a float32 dense array (only these rows).
 

@@ -3,7 +3,7 @@
 The weights eta (reconstruction), alpha (KL) and beta (MMD) only mean what the
 paper's values mean with this scaling:
 
-* reconstruction ``mse``: 0.5 * squared error averaged over genes, then over cells;
+* reconstruction ``mse``: 0.5 * squared error averaged over genes (or pixels), then over cells;
   ``sse``: 0.5 * squared error summed over genes, averaged over cells;
 * KL: KL(q(z|x) || N(0, I)) averaged over latent dimensions, then over cells.
 """
@@ -16,6 +16,8 @@ from keras import ops
 
 def reconstruction_loss(x, x_hat, kind: str = "mse"):
     err = 0.5 * ops.square(ops.cast(x, "float32") - ops.cast(x_hat, "float32"))
+    if len(err.shape) > 2:          # images: every pixel and channel of a sample is one "gene"
+        err = ops.reshape(err, (ops.shape(err)[0], -1))
     if kind == "mse":
         per_cell = ops.mean(err, axis=-1)
     elif kind == "sse":

@@ -24,12 +24,16 @@ used, so the model runs under the TensorFlow, JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
 from ..settings import MMD_PLACEMENTS, MODEL_FIELDS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
 from .layers import MMDLoss, Sampling
+from .conv import ARCHS, build_conv_decoder, build_conv_encoder
 from .losses import kl_divergence, reconstruction_loss
+from ..distribute import in_multi_worker_mode, replicas_in_sync
 
 _D = TrainSettings()  # the tool's measured defaults (see the README), one source of truth
 #: BatchNorm's moving-statistics momentum. Keras' 0.99 needs a few hundred steps to forget its
@@ -38,37 +42,46 @@ _D = TrainSettings()  # the tool's measured defaults (see the README), one sourc
 BN_MOMENTUM = 0.9
 
 
-def _block(h, units, dropout, name, seed):
+def _block(h, units, dropout, name, seed, sync_bn=False):
     """Dense(no bias) -> BN -> LeakyReLU; returns (pre-dropout, post-dropout)."""
     h = layers.Dense(units, use_bias=False, name=f"{name}_dense")(h)
-    h = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(h)
+    bn_options = {"synchronized": True} if sync_bn else {}
+    h = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn", **bn_options)(h)
     act = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(h)
     out = layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
     return act, out
 
 
-def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed, conditional=True):
+def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed, conditional=True,
+                  sync_bn=False):
     x = keras.Input((n_genes,), name="x")
     c = keras.Input((n_conditions,), name="condition")   # unused when not conditional (same interface)
     h = layers.Concatenate(name="encoder_input")([x, c]) if conditional else x
     for i, units in enumerate((*hidden, mmd_dim)):
-        _, h = _block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i)
+        _, h = _block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i, sync_bn)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(h)
     return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
 
 
 def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed,
-                  conditional=True):
+                  conditional=True, sync_bn=False):
     z = keras.Input((latent_dim,), name="z")
     c = keras.Input((n_conditions,), name="condition")
     h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
-    mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s)
+    mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn)
     for i, units in enumerate(reversed(hidden)):
-        _, h = _block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i)
+        _, h = _block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn)
     x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
     return keras.Model([z, c], [x_hat, mmd_act], name="decoder")
+
+
+def _replica_logs(logs: dict) -> dict:
+    """Keras 3.15 reduces multi-worker logs with ``axis=0``: give the scalars that axis."""
+    if not in_multi_worker_mode():
+        return logs
+    return {k: ops.reshape(v, (1,)) if len(v.shape) == 0 else v for k, v in logs.items()}
 
 
 @keras.saving.register_keras_serializable(package="trvae")
@@ -101,6 +114,10 @@ class TRVAE(keras.Model):
         eta: float = _D.eta,
         reconstruction: str = _D.reconstruction,
         seed: int | None = None,
+        arch: str = _D.arch,
+        filters=_D.filters,
+        image_shape=None,
+        sync_batchnorm: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,7 +127,14 @@ class TRVAE(keras.Model):
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_LOSSES}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}")
-        self.n_genes = int(n_genes)
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if (arch == "mlp") != (image_shape is None):
+            raise ValueError("image_shape (H, W, C) is required by the image architectures and only by them")
+        self.arch = arch
+        self.filters = tuple(int(f) for f in filters)
+        self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
+        self.n_genes = int(n_genes) if image_shape is None else math.prod(self.image_shape)
         self.n_conditions = int(n_conditions)
         self.hidden = tuple(int(h) for h in hidden)
         self.mmd_dim = int(mmd_dim)
@@ -125,14 +149,20 @@ class TRVAE(keras.Model):
         self.reconstruction = reconstruction
         self.seed = seed
 
-        self.encoder = build_encoder(
-            self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
-            self.latent_dim, self.dropout, seed, self.conditional,
-        )
-        self.decoder = build_decoder(
-            self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
-            self.latent_dim, self.dropout, output_activation, seed, self.conditional,
-        )
+        if arch == "mlp":
+            self.encoder = build_encoder(
+                self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
+                self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm,
+            )
+            self.decoder = build_decoder(
+                self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
+                self.latent_dim, self.dropout, output_activation, seed, self.conditional, sync_batchnorm,
+            )
+        else:
+            args = (self.image_shape, self.n_conditions, self.filters, self.mmd_dim, self.latent_dim, self.dropout,
+                    seed, self.conditional, sync_batchnorm, BN_MOMENTUM, arch == "unet")
+            self.encoder = build_conv_encoder(*args)
+            self.decoder = build_conv_decoder(*args)
         self.sampling = Sampling(seed=None if seed is None else seed + 1000, name="sampling")
         self.mmd_loss = None if mmd_on == "none" else MMDLoss(beta=self.beta, name="mmd_loss")
         self.kl_factor = self.add_weight(
@@ -173,7 +203,29 @@ class TRVAE(keras.Model):
         self.reconstruction_tracker.update_state(recon)
         self.kl_tracker.update_state(kl)
         self.mmd_tracker.update_state(weighted_mmd / self.beta if self.beta > 0 else weighted_mmd)
+        replicas = replicas_in_sync()
+        if replicas > 1:   # tf.distribute sums the replicas' gradients: each contributes its share
+            total = total / float(replicas)
         return total
+
+    # -- tf.distribute (see trvae_cli.distribute) ------------------------------------
+    if keras.backend.backend() == "tensorflow":
+        def _fully_built(self) -> bool:
+            return all(layer.built for layer in self._flatten_layers()) and (
+                self.optimizer is None or self.optimizer.built)
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            # Keras 3.15 all-reduces a PerReplica input batch here, which fails under
+            # MultiWorkerMirroredStrategy; a model built beforehand has nothing to build.
+            if self._fully_built():
+                return None
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+        def train_step(self, data):
+            return _replica_logs(super().train_step(data))
+
+        def test_step(self, data):
+            return _replica_logs(super().test_step(data))
 
     # -- serialisation -------------------------------------------------------------
     def get_config(self):
@@ -182,4 +234,6 @@ class TRVAE(keras.Model):
         config.update(n_genes=self.n_genes, n_conditions=self.n_conditions)
         config.update({name: getattr(self, name) for name in MODEL_FIELDS})
         config["hidden"] = list(self.hidden)
+        config["filters"] = list(self.filters)
+        config["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return config
