@@ -7,6 +7,7 @@ log noise first (unless the user set ``TF_CPP_MIN_LOG_LEVEL`` themselves).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -89,6 +90,8 @@ def keras_module(threads: int | None = None):
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # the CUDA probe logs here; keep it quiet
+        elif importlib.util.find_spec("tensorflow") is not None:
+            import tensorflow  # noqa: F401  Keras' data adapters import it under every backend: quietly, here
 
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -116,7 +119,7 @@ def versions() -> dict:
     try:
         mod = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
         if mod:
-            backend_version = __import__(mod).__version__
+            backend_version = str(__import__(mod).__version__)
     except Exception:  # pragma: no cover
         pass
     return {

@@ -24,6 +24,7 @@ used, so the model runs under the TensorFlow, JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -198,7 +199,8 @@ class TRVAE(keras.Model):
         x_true = x[0]
         recon = reconstruction_loss(x_true, y_pred["x_hat"], self.reconstruction)
         kl = kl_divergence(y_pred["z_mean"], y_pred["z_log_var"])
-        weighted_mmd = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
+        extra = self.losses   # a list of tensors: summed pairwise (JAX cannot sum a list of tracers)
+        weighted_mmd = functools.reduce(ops.add, extra) if extra else ops.convert_to_tensor(0.0)
         total = self.eta * recon + self.alpha * ops.cast(self.kl_factor, "float32") * kl + weighted_mmd
         self.reconstruction_tracker.update_state(recon)
         self.kl_tracker.update_state(kl)
