@@ -326,9 +326,151 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
             "the data look like raw counts (all integers, large values); trVAE's MSE loss expects "
             "log-normalised values: normalise and log1p first, or choose a matrix with --layer"
         )
-    train_pos, val_pos = _validation_split(selection.labels, s.validation_fraction, s.seed)
 
-    from .backend import keras_module, seed_everything, versions
+    def make_batches(positions, seed, fixed, replicas):
+        from .training import BackedBatches, CellBatches
+
+        if backed:
+            return BackedBatches(matrix, rows[positions], selection.labels[positions], s.batch_size, seed=seed,
+                                 fixed=fixed, replicas=replicas)
+        return CellBatches(matrix, rows[positions], selection.labels[positions], s.batch_size, seed=seed,
+                           fixed=fixed, balanced=s.balanced_batches, replicas=replicas)
+
+    run_meta = {
+        "data": str(data.resolve()), "shape": list(adata.shape), "condition_key": condition_key,
+        "conditions": selection.conditions, "cell_type_key": cell_type_key, "exclude": list(exclude),
+        "layer": layer, "backed": bool(backed),
+    }
+    fit = fit_model(
+        TrainingInput(labels=selection.labels, n_conditions=len(selection.conditions),
+                      model_args={"n_genes": adata.n_vars}, example_shape=(adata.n_vars,),
+                      make_batches=make_batches, meta=run_meta),
+        s, out, progress=progress, console=console, warn=warn, checkpoint_every=checkpoint_every, resume=resume,
+        threads=threads, strategy=strategy)
+    model, s = fit.model, fit.settings
+
+    arithmetic = None
+    if not s.conditional:
+        from .arithmetic import balanced_condition_means
+
+        z, _ = encode_rows(model, matrix, selection.labels, len(selection.conditions), rows=rows)
+        types = None
+        if cell_type_key:
+            types = adata.obs[cell_type_key].astype(str).values[rows]
+        means = balanced_condition_means(z, [selection.conditions[k] for k in selection.labels], types)
+        arithmetic = {
+            "method": "scGen latent arithmetic: z + mean z(target) - mean z(source), cell types weighted equally",
+            "cell_type_key": cell_type_key,
+            "means": {cond: [float(v) for v in means[cond]] for cond in selection.conditions if cond in means},
+        }
+
+    config = fit.config(
+        command or _api_call("train", data=str(data), condition_key=condition_key, out=str(out),
+                             cell_type_key=cell_type_key, exclude=list(exclude), layer=layer, settings=s),
+        preset,
+        {
+            "path": str(data.resolve()),
+            "condition_key": condition_key,
+            "conditions": selection.conditions,
+            "cell_type_key": cell_type_key,
+            "exclude": list(exclude),
+            "layer": layer,
+            "backed": bool(backed),
+            "n_cells_train": fit.n_train,
+            "n_cells_validation": fit.n_validation,
+            "n_cells_excluded": selection.n_excluded,
+            "n_genes": int(adata.n_vars),
+        },
+    )
+    config["var_names"] = [str(g) for g in adata.var_names]
+    if arithmetic is not None:
+        config["latent_arithmetic"] = arithmetic
+    return fit.save(out, config)
+
+
+@dataclass
+class TrainingInput:
+    """What :func:`fit_model` needs to know of the data, whatever its kind (cells or images).
+
+    ``make_batches(positions, seed, fixed, replicas)`` returns the Keras ``PyDataset`` of
+    the items at ``positions`` (indices into ``labels``); ``meta`` identifies the data for
+    a checkpoint; ``example_shape`` is one item's shape (to build the model explicitly).
+    """
+
+    labels: np.ndarray
+    n_conditions: int
+    model_args: dict
+    example_shape: tuple
+    make_batches: Callable
+    meta: dict
+
+
+@dataclass
+class FitResult:
+    model: object
+    settings: TrainSettings
+    distribution: object
+    history: list
+    early: object
+    monitor: str
+    seconds: float
+    n_train: int
+    n_validation: int
+    log: Callable
+
+    def config(self, command: str, preset: str | None, data: dict) -> dict:
+        """The model directory's config.json, without input-specific extras."""
+        from .backend import versions
+
+        early, rows_hist = self.early, self.history
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "model": self.model.get_config(),
+            "preset": preset,
+            "training": self.settings.to_dict(),
+            "data": data,
+            "distribution": self.distribution.describe(),
+            "result": {
+                "epochs_run": len(rows_hist),
+                "best_epoch": int(early.best_epoch) + 1 if early.best_weights is not None else len(rows_hist),
+                "best_" + self.monitor: float(early.best) if early.best_weights is not None else None,
+                "train_seconds": round(self.seconds, 2),
+                "weights_sha256": weights_digest(self.model),
+            },
+            "versions": versions(),
+        }
+
+    def save(self, out: Path, config: dict) -> Path | None:
+        """Write the model directory atomically (the chief only; other workers return None)."""
+        dist = self.distribution
+        self.log("result", weights_sha256=config["result"]["weights_sha256"], epochs_run=len(self.history),
+                 worker=dist.worker_index, written=dist.is_chief)
+        if not dist.is_chief:
+            return None
+        staged = staging_dir(out)
+        try:
+            self.model.save(staged / MODEL_FILE)
+            (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            write_history(staged / HISTORY_FILE, self.history)
+            publish_dir(staged, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return out
+
+
+def fit_model(inp: TrainingInput, s: TrainSettings, out: Path, *, progress="auto", console=None, warn=None,
+              checkpoint_every=0, resume=False, threads=None, strategy="none") -> FitResult:
+    """Build the model, train it (checkpoints, resume, signals, strategies) and return it unsaved."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    train_pos, val_pos = _validation_split(inp.labels, s.validation_fraction, s.seed)
+
+    from .backend import keras_module, seed_everything
 
     keras = keras_module(threads=threads)
     from .distribute import make_distribution
@@ -342,42 +484,34 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
                              read_checkpoint, restore_batches, restore_model)
     from .errors import Interrupted
     from .model import TRVAE
-    from .training import BackedBatches, CellBatches
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(s.precision)   # layers compute in 16 bits, variables and losses stay float32
     try:
         with dist.scope():
-            model = TRVAE(n_genes=adata.n_vars, n_conditions=len(selection.conditions),
-                          sync_batchnorm=dist.replicas > 1, **s.model_kwargs())
+            model = TRVAE(n_conditions=inp.n_conditions, sync_batchnorm=dist.replicas > 1, **inp.model_args,
+                          **s.model_kwargs())
             optimizer = keras.optimizers.Adam(learning_rate=s.learning_rate)
             if s.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             model.compile(optimizer=optimizer, jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
             if dist.strategy is not None:    # built here, not by fit (see trvae_cli.distribute)
-                model((np.zeros((2, adata.n_vars), np.float32), np.zeros(2, np.int32)), training=False)
+                model((np.zeros((2, *inp.example_shape), np.float32), np.zeros(2, np.int32)), training=False)
                 model.optimizer.build(model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
-    Batches = BackedBatches if backed else CellBatches
-    extra = {"replicas": dist.replicas}
-    if not backed:
-        extra["balanced"] = s.balanced_batches
-    train_batches = Batches(matrix, rows[train_pos], selection.labels[train_pos], s.batch_size, seed=s.seed, **extra)
+    train_batches = inp.make_batches(train_pos, s.seed, False, dist.replicas)
     val_batches = None
     monitor = "loss"
     if len(val_pos):
-        val_batches = Batches(matrix, rows[val_pos], selection.labels[val_pos], s.batch_size, seed=s.seed + 1,
-                              fixed=True, **extra)
+        val_batches = inp.make_batches(val_pos, s.seed + 1, True, dist.replicas)
         monitor = "val_loss"
 
     # what a checkpoint must match to be resumed: the settings and the data as selected
     run_meta = json.loads(json.dumps({
-        "settings": s.to_dict(), "data": str(data.resolve()), "shape": list(adata.shape),
-        "condition_key": condition_key, "conditions": selection.conditions, "cell_type_key": cell_type_key,
-        "exclude": list(exclude), "layer": layer, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
-        "backed": bool(backed), "distribution": dist.describe(),
+        "settings": s.to_dict(), **inp.meta, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
+        "distribution": dist.describe(),
     }))
     ckpt, initial_epoch, history_before = None, 0, []
     if resume:
@@ -419,74 +553,8 @@ def _train(adata, matrix, data, condition_key, out, cell_type_key, exclude, laye
         if early.best_weights is not None:
             model.set_weights(early.best_weights)
     seconds = time.perf_counter() - t0 + (ckpt["state"]["seconds"] if ckpt is not None else 0.0)
-    rows_hist = checkpointer.history
-    arithmetic = None
-    if not s.conditional:
-        from .arithmetic import balanced_condition_means
-
-        z, _ = encode_rows(model, matrix, selection.labels, len(selection.conditions), rows=rows)
-        types = None
-        if cell_type_key:
-            types = adata.obs[cell_type_key].astype(str).values[rows]
-        means = balanced_condition_means(z, [selection.conditions[k] for k in selection.labels], types)
-        arithmetic = {
-            "method": "scGen latent arithmetic: z + mean z(target) - mean z(source), cell types weighted equally",
-            "cell_type_key": cell_type_key,
-            "means": {cond: [float(v) for v in means[cond]] for cond in selection.conditions if cond in means},
-        }
-
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command or _api_call("train", data=str(data), condition_key=condition_key, out=str(out),
-                                         cell_type_key=cell_type_key, exclude=list(exclude), layer=layer,
-                                         settings=s),
-        "model": model.get_config(),
-        "preset": preset,
-        "training": s.to_dict(),
-        "data": {
-            "path": str(data.resolve()),
-            "condition_key": condition_key,
-            "conditions": selection.conditions,
-            "cell_type_key": cell_type_key,
-            "exclude": list(exclude),
-            "layer": layer,
-            "backed": bool(backed),
-            "n_cells_train": int(len(train_pos)),
-            "n_cells_validation": int(len(val_pos)),
-            "n_cells_excluded": selection.n_excluded,
-            "n_genes": int(adata.n_vars),
-        },
-        "distribution": dist.describe(),
-        "var_names": [str(g) for g in adata.var_names],
-        "result": {
-            "epochs_run": len(rows_hist),
-            "best_epoch": int(early.best_epoch) + 1 if early.best_weights is not None else len(rows_hist),
-            "best_" + monitor: float(early.best) if early.best_weights is not None else None,
-            "train_seconds": round(seconds, 2),
-            "weights_sha256": weights_digest(model),
-        },
-        "versions": versions(),
-    }
-    if arithmetic is not None:
-        config["latent_arithmetic"] = arithmetic
-    log("result", weights_sha256=config["result"]["weights_sha256"], epochs_run=len(rows_hist),
-        worker=dist.worker_index, written=dist.is_chief)
-    if not dist.is_chief:
-        return None
-    staged = staging_dir(out)
-    try:
-        model.save(staged / MODEL_FILE)
-        (staged / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        write_history(staged / HISTORY_FILE, rows_hist)
-        publish_dir(staged, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    return out
+    return FitResult(model, s, dist, checkpointer.history, early, monitor, seconds, int(len(train_pos)),
+                     int(len(val_pos)), log)
 
 
 @dataclass
