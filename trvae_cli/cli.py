@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -86,13 +87,21 @@ def main():
 
 
 @main.command()
-@click.argument("data", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--condition", "--condition-key", "condition_key", required=True,
-              help="obs column holding each cell's condition.")
+@click.argument("data", type=click.Path(path_type=str))
+@click.option("--condition", "--condition-key", "condition_key", default=None,
+              help="obs column holding each cell's condition (.h5ad input; required there).")
 @click.option("--out", "-o", default="trvae_model", show_default=True, help="Model directory to write.")
 @click.option("--cell-type-key", default=None, help="obs column holding cell types (needed by --exclude).")
 @click.option("--exclude", multiple=True, metavar="CELLTYPE:CONDITION",
-              help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample.")
+              help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample; "
+                   "for images DOMAIN:CONDITION, e.g. 3:thick.")
+@click.option("--image-size", default=None, metavar="H[xW]",
+              help="Images: read every image at this size (needed when sizes differ).")
+@click.option("--arch", type=click.Choice(["mlp", "conv", "unet"]), default=None,
+              help="Network: mlp for cells; conv (Table 1) or unet (deeper, for 64x64 RGB) for images "
+                   "[default: mlp for .h5ad, conv for image folders].")
+@click.option("--filters", callback=_int_list, default=",".join(map(str, D.filters)), show_default=True,
+              help="Images: filters of the conv blocks (each halves the image size).")
 @click.option("--layer", default=None, help="Use adata.layers[LAYER] instead of X.")
 @click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True)
@@ -160,13 +169,49 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
     for name, value in PRESETS[preset].items():   # the preset fills what the command line left at default
         if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
             opts[name] = ctx.params[name] = value
-    settings = TrainSettings(**opts)
+    image_input = Path(data).is_dir() or Path(data).suffix.lower() == ".csv"
+    arch = opts.pop("arch") or ("conv" if image_input else "mlp")
+    image_size = _image_size(opts.pop("image_size"))
+    settings = TrainSettings(arch=arch, **opts)
+    if image_input:
+        from . import images_api
+
+        if layer is not None or cell_type_key is not None or backed:
+            raise TrvaeError("--layer, --cell-type-key and --backed apply to .h5ad input, not to images")
+        path = images_api.train_images(
+            data, out, exclude=exclude, image_size=image_size, settings=settings, force=force,
+            progress="none" if quiet else log_format, command=_invocation(ctx), preset=preset,
+            checkpoint_every=checkpoint_every, resume=resume, threads=threads, strategy=strategy)
+        _report_model(path, quiet)
+        return
+    if arch != "mlp":
+        raise TrvaeError(f"--arch {arch} is for image input; cells use --arch mlp")
+    if condition_key is None:
+        raise TrvaeError("--condition-key is required for .h5ad input (the obs column of the conditions)")
     path = api.train(
         data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
         settings=settings, force=force, progress="none" if quiet else log_format, command=_invocation(ctx),
         preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads, backed=backed,
         strategy=strategy,
     )
+    _report_model(path, quiet)
+
+
+def _image_size(text):
+    """``28`` or ``64x48`` (H x W) -> (H, W)."""
+    if text is None:
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        raise TrvaeError(f"--image-size must be H or HxW (integers), got {text!r}") from None
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise TrvaeError(f"--image-size must be H or HxW (positive integers), got {text!r}")
+    return size * 2 if len(size) == 1 else size
+
+
+def _report_model(path, quiet: bool) -> None:
     if path is None:     # a multi-worker run's other workers: the chief wrote the model
         return
     if not quiet:
@@ -181,6 +226,7 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
 @click.option("--to", "target", required=True, help="Condition to transform them to.")
 @click.option("--out", "-o", default=None, help="Output .h5ad [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad].")
 @click.option("--cell-type", default=None, help="Only transform cells of this cell type.")
+@click.option("--domain", default=None, help="Images: only transform this domain (e.g. the digit 3).")
 @click.option("--condition", "--condition-key", "condition_key", default=None,
               help="obs column of the condition in DATA [default: the model's].")
 @click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
@@ -197,10 +243,31 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, f
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
 @click.pass_context
-def transform(ctx, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
+def transform(ctx, model_dir, data, source, target, out, cell_type, domain, condition_key, cell_type_key,
               decode, residual_scale, seed, backed, force, quiet):
-    """Transform cells from one condition (--from) to another (--to)."""
+    """Transform cells (or images) from one condition (--from) to another (--to).
+
+    For a model trained on images, DATA is the image folder or manifest, --out a folder
+    (PNG files mirroring the input tree, transformed.npz, trvae.json), and --decode mean
+    is the default.
+    """
     from . import api
+    from .images_api import model_input_kind
+
+    if model_input_kind(model_dir) == "images":
+        from .images_api import transform_images
+
+        src = ctx.get_parameter_source("decode")
+        from click.core import ParameterSource
+
+        pred = transform_images(
+            model_dir, data, source=source, target=target, out=out, domain=domain or cell_type,
+            decode="mean" if src == ParameterSource.DEFAULT else decode, seed=seed, force=force,
+            command=_invocation(ctx))
+        if not quiet:
+            _err(f"wrote {len(pred.images)} transformed images ({source} -> {target}) to {pred.path}")
+        click.echo(str(pred.path))
+        return
 
     pred = api.transform(
         model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
@@ -356,6 +423,22 @@ def plot_latent(model_dir, data, color, max_cells, seed, out, force):
     from .plotting import plot_latent as run
 
     run(model_dir, out, data=data, color=color or None, max_cells=max_cells, seed=seed, force=force)
+    click.echo(out)
+
+
+@plot.command("images")
+@click.argument("pred_dir")
+@click.option("--truth", default=None, metavar="ROOT",
+              help="Folder holding each true target image at the transformed image's relative path "
+                   "(for sample_data/digits: that folder).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=10, show_default=True, help="Images to show.")
+@_out_option
+@_force_option
+def plot_images(pred_dir, truth, n, out, force):
+    """Grid of source / transformed / true images from an image transform's PRED_DIR."""
+    from .plotting import plot_images as run
+
+    run(pred_dir, out, truth=truth, n=n, force=force)
     click.echo(out)
 
 

@@ -233,7 +233,7 @@ def scan_images(source, image_size=None, channels: int | None = None) -> ImageSe
                     image_size=size, channels=channels, root=root)
 
 
-def _read_pixels(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image as float32 (H, W, C) in [0, 1] (alpha is dropped)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -276,7 +276,7 @@ def load_images(image_set: ImageSet, indices) -> np.ndarray:
         raise IndexError(f"image index out of range for {n} images")
     out = np.empty((len(indices), *image_set.shape), dtype=np.float32)
     for k, i in enumerate(indices):
-        out[k] = _read_pixels(image_set.paths[i], image_set.image_size, image_set.channels)
+        out[k] = read_image(image_set.paths[i], image_set.image_size, image_set.channels)
     return out
 
 

@@ -22,7 +22,8 @@ from .. import metrics as M
 from ..errors import TrvaeError
 from ..evaluation import R2_METRICS, prepare
 from .figures import (
-    compare_figure, embedding_figure, figure_format, history_figure, regression_figure, save_figure, violin_figure,
+    compare_figure, embedding_figure, figure_format, history_figure, image_grid_figure, regression_figure, save_figure,
+    violin_figure,
 )
 
 
@@ -212,4 +213,43 @@ def plot_compare(reports: Sequence[str | Path], out: str | Path | None = None, *
                  f"mean ± sd over {s['n_subsamples']} subsamples)")
     fig = compare_figure(labels, [(m, COMPARE_NAMES.get(m, m)) for m in metrics], np.array(values, float),
                          np.array(errors, float), kinds=kinds, title=title)
+    return _finish(fig, out)
+
+
+def plot_images(pred_dir: str | Path, out: str | Path | None = None, *, truth: str | Path | None = None,
+                n: int = 10, force: bool = False):
+    """A grid of source / transformed / ground-truth images (the last when ``truth`` is given).
+
+    ``pred_dir`` is what ``trvae transform`` wrote for images; ``truth`` is a folder in
+    which the true target image of each source has the transformed image's relative path
+    (for the sample digits: the data folder itself). ``n`` images, evenly spread.
+    """
+    from ..data.images import read_image
+    from ..images_api import ARRAYS_FILE, META_FILE
+
+    out = _check_out(out, force)
+    pred_dir = Path(pred_dir)
+    arrays_path = pred_dir / ARRAYS_FILE
+    if not arrays_path.exists():
+        raise TrvaeError(f"{pred_dir} is not an image transform output (no {ARRAYS_FILE})")
+    meta = json.loads((pred_dir / META_FILE).read_text()) if (pred_dir / META_FILE).exists() else {}
+    with np.load(arrays_path) as z:
+        images, sources, relpaths = z["images"], z["sources"], z["relpaths"]
+    pick = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int))
+    size, channels = images.shape[1:3], images.shape[3]
+
+    def read(path):
+        path = Path(path)
+        if not path.exists():
+            raise TrvaeError(f"image not found: {path}")
+        return read_image(path, size, channels)
+
+    rows = [(meta.get("source", "source"), np.stack([read(sources[i]) for i in pick])),
+            (f"→ {meta.get('target', 'target')}", images[pick])]
+    if truth is not None:
+        rows.append(("truth", np.stack([read(Path(truth) / relpaths[i]) for i in pick])))
+    title = f"{meta.get('source', '?')} → {meta.get('target', '?')}"
+    if meta.get("domain"):
+        title += f", domain {meta['domain']}"
+    fig = image_grid_figure(rows, titles=[Path(str(relpaths[i])).stem for i in pick], title=title)
     return _finish(fig, out)

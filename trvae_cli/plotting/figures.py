@@ -211,3 +211,30 @@ def heatmap_figure(matrices: Sequence[np.ndarray], row_labels: Sequence[str], co
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def image_grid_figure(rows: Sequence[tuple[str, np.ndarray]], *, titles: Sequence[str] = (), title: str = ""):
+    """One row of images per ``(label, (n, H, W, C) array in [0, 1])``; columns are items."""
+    n_rows = len(rows)
+    n_cols = max(len(images) for _, images in rows)
+    fig = _figure(0.9 * n_cols + 1.2, 0.95 * n_rows + (0.4 if title else 0.1))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                img = np.clip(np.asarray(images[c], dtype=np.float32), 0.0, 1.0)
+                if img.ndim == 3 and img.shape[-1] == 1:
+                    ax.imshow(img[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+                else:
+                    ax.imshow(img, interpolation="nearest")
+            if r == 0 and c < len(titles):
+                ax.set_title(titles[c], fontsize=7)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
