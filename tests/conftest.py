@@ -20,8 +20,10 @@ def tiny_h5ad(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def fast_train_args():
-    """CLI arguments that make training tiny and fast."""
-    return ["--epochs", "2", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "-q"]
+    """CLI arguments that make training tiny and fast (without XLA: its compile time would dominate
+    two epochs; test_bare_form and the Kang tests train with the default --jit)."""
+    return ["--epochs", "2", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "-q",
+            "--no-jit"]
 
 
 @pytest.fixture(scope="session")

@@ -191,7 +191,7 @@ def test_model_directory_contents(trained_model, tiny):
 
 def test_bare_form(tiny_h5ad, fast_train_args, tmp_path, monkeypatch, tiny):
     monkeypatch.chdir(tmp_path)
-    result = invoke("train", tiny_h5ad, "--condition", "condition", *fast_train_args)
+    result = invoke("train", tiny_h5ad, "--condition", "condition", *fast_train_args, "--jit")   # XLA, once
     assert_ok(result)
     assert result.stdout == "trvae_model\n"
     assert (tmp_path / "trvae_model" / "model.keras").is_file()

@@ -76,7 +76,8 @@ def preset_models(tmp_path_factory):
     for name in PRESETS:
         model = d / name
         assert_ok(invoke("train", SAMPLE, "--condition", "condition", "--cell-type-key", "cell_type",
-                         "--exclude", "NK:stimulated", "--preset", name, "--epochs", "2", "--out", model, "-q"))
+                         "--exclude", "NK:stimulated", "--preset", name, "--epochs", "2", "--out", model, "-q",
+                         "--no-jit"))   # XLA compile time would dominate 2 epochs; the presets do not depend on it
         pred = d / f"{name}.h5ad"
         assert_ok(invoke("transform", "--model", model, "--from", "control", "--to", "stimulated",
                          "--cell-type", "NK", "--out", pred, "-q"))
@@ -103,7 +104,7 @@ def test_each_preset_trains_and_transforms(preset_models, name):
 def test_explicit_options_win_over_the_preset(tmp_path):
     assert_ok(invoke("train", SAMPLE, "--condition", "condition", "--preset", "scgen", "--latent-dim", "6",
                      "--hidden", "32", "--mmd-dim", "16", "--batch-size", "128", "--epochs", "1", "--out",
-                     tmp_path / "m", "-q"))
+                     tmp_path / "m", "-q", "--no-jit"))
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model"]["latent_dim"] == 6 and cfg["model"]["hidden"] == [32] and not cfg["model"]["conditional"]
     assert cfg["training"]["batch_size"] == 128 and cfg["model"]["dropout"] == 0.2
