@@ -58,7 +58,11 @@ class CellBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         local = self._batches[i]
-        return training_batch(dense_rows(self.matrix, self.rows[local]), self.labels[local], self.replicas)
+        return training_batch(self._read(local), self.labels[local], self.replicas)
+
+    def _read(self, local):
+        """The batch's data, dense float32 (one batch at a time)."""
+        return dense_rows(self.matrix, self.rows[local])
 
     def on_epoch_begin(self):
         if self.fixed:
@@ -121,33 +125,18 @@ class BackedBatches(keras.utils.PyDataset):
         self._batches = self.plan.epoch()
 
 
-class ImageBatches(keras.utils.PyDataset):
+class ImageBatches(CellBatches):
     """Feeds ``((images, condition), images)`` batches read from disk one batch at a time
-    (:func:`~trvae_cli.data.images.load_images`), balanced by condition like :class:`CellBatches`."""
+    (:func:`~trvae_cli.data.images.load_images`), drawn like :class:`CellBatches`."""
 
     def __init__(self, image_set, items, labels, batch_size, seed=0, fixed=False, balanced=True, replicas=1):
-        super().__init__(workers=1, use_multiprocessing=False)
         self.image_set = image_set
-        self.items = np.asarray(items)
-        self.labels = np.asarray(labels, dtype=np.int32)
-        self.seed, self.fixed, self.balanced, self.batch_size = seed, fixed, balanced, batch_size
-        self.replicas = int(replicas)
-        self.sampler = BalancedSampler(self.labels, batch_size, seed, balanced)
-        self._batches = self.sampler.epoch()
+        super().__init__(None, items, labels, batch_size, seed, fixed, balanced, replicas)
 
-    def __len__(self):
-        return self.sampler.n_batches
-
-    def __getitem__(self, i):
+    def _read(self, local):
         from .data.images import load_images
 
-        local = self._batches[i]
-        return training_batch(load_images(self.image_set, self.items[local]), self.labels[local], self.replicas)
-
-    def on_epoch_begin(self):
-        if self.fixed:
-            self.sampler = BalancedSampler(self.labels, self.batch_size, self.seed, self.balanced)
-        self._batches = self.sampler.epoch()
+        return load_images(self.image_set, self.rows[local])
 
 
 class KLWarmup(keras.callbacks.Callback):
