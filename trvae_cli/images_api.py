@@ -54,10 +54,6 @@ def _parse_excludes(exclude: Sequence[str], image_set: ImageSet) -> list[tuple[s
     return pairs
 
 
-def _scan(source, image_size, channels=None) -> ImageSet:
-    return scan_images(source, image_size=image_size, channels=channels)
-
-
 def train_images(
     source: str | Path,
     out: str | Path = "trvae_model",
@@ -94,7 +90,7 @@ def train_images(
             raise TrvaeError(f"--resume: no checkpoint in {out} (expected {checkpoint_path(out)}/)")
     else:
         check_writable_target(out, force)
-    images = _scan(source, image_size)
+    images = scan_images(source, image_size=image_size)
     from .model.conv import check_image_shape
 
     try:
@@ -206,7 +202,7 @@ def transform_images(
             raise TrvaeError(f"{name} {value!r} is not a condition of the model (have {', '.join(conditions)})")
     out = Path(out) if out is not None else model_dir / f"{source}_to_{target}" / (domain or "all")
     check_writable_target(out, force)
-    images = _scan(data, tuple(dcfg["image_size"]), dcfg["channels"])
+    images = scan_images(data, image_size=tuple(dcfg["image_size"]), channels=dcfg["channels"])
     mask = images.conditions == source
     if domain is not None:
         if images.domains is None or domain not in set(images.domains.tolist()):

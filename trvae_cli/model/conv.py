@@ -35,20 +35,17 @@ ARCHS = ("mlp", "conv", "unet")
 CONDITION_EMBEDDING = 128
 
 
-def _bn(h, name, sync_bn, momentum):
-    options = {"synchronized": True} if sync_bn else {}
-    return layers.BatchNormalization(momentum=momentum, name=name, **options)(h)
-
-
-def _conv_block(h, filters, name, transpose, deep, sync_bn, momentum):
+def _conv_block(h, filters, name, transpose, deep, sync_bn):
     """Conv (or transposed conv) 3x3 stride 2 -> BN -> LeakyReLU; ``deep`` adds a residual
     3x3 convolution at the new resolution."""
+    from .trvae import batch_norm
+
     Conv = layers.Conv2DTranspose if transpose else layers.Conv2D
     h = Conv(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(h)
-    h = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(_bn(h, f"{name}_bn", sync_bn, momentum))
+    h = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(batch_norm(h, f"{name}_bn", sync_bn))
     if deep:
         r = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(h)
-        r = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act2")(_bn(r, f"{name}_bn2", sync_bn, momentum))
+        r = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act2")(batch_norm(r, f"{name}_bn2", sync_bn))
         h = layers.Add(name=f"{name}_skip")([h, r])
     return h
 
@@ -62,7 +59,7 @@ def check_image_shape(image_shape, filters) -> None:
 
 
 def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, dropout, seed, conditional,
-                       sync_bn, momentum, deep):
+                       sync_bn, deep):
     from .trvae import _block
 
     check_image_shape(image_shape, filters)
@@ -76,7 +73,7 @@ def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
         e = layers.Reshape((height, width, 1), name="encoder_condition_channel")(e)
         h = layers.Concatenate(axis=-1, name="encoder_input")([x, e])
     for i, f in enumerate(filters):
-        h = _conv_block(h, f, f"encoder_conv{i}", False, deep, sync_bn, momentum)
+        h = _conv_block(h, f, f"encoder_conv{i}", False, deep, sync_bn)
     h = layers.Flatten(name="encoder_flatten")(h)
     _, h = _block(h, mmd_dim, dropout, "encoder_dense", None if seed is None else seed, sync_bn)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
@@ -85,8 +82,8 @@ def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
 
 
 def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, dropout, seed, conditional,
-                       sync_bn, momentum, deep):
-    from .trvae import _block
+                       sync_bn, deep):
+    from .trvae import _block, batch_norm
 
     height, width, channels = image_shape
     factor = 2 ** len(filters)
@@ -99,10 +96,9 @@ def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
     mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", None if seed is None else seed + 100, sync_bn)
     small = (height // factor, width // factor, filters[-1])
     h = layers.Dense(math.prod(small), use_bias=False, name="decoder_project")(h)
-    h = layers.LeakyReLU(negative_slope=0.2, name="decoder_project_act")(_bn(h, "decoder_project_bn", sync_bn,
-                                                                              momentum))
+    h = layers.LeakyReLU(negative_slope=0.2, name="decoder_project_act")(batch_norm(h, "decoder_project_bn", sync_bn))
     h = layers.Reshape(small, name="decoder_reshape")(h)
     for i, f in enumerate(reversed(filters)):
-        h = _conv_block(h, f, f"decoder_deconv{i}", True, deep, sync_bn, momentum)
+        h = _conv_block(h, f, f"decoder_deconv{i}", True, deep, sync_bn)
     x_hat = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction")(h)
     return keras.Model([z, c], [x_hat, mmd_act], name="decoder")

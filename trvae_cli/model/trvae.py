@@ -43,11 +43,16 @@ _D = TrainSettings()  # the tool's measured defaults (see the README), one sourc
 BN_MOMENTUM = 0.9
 
 
+def batch_norm(h, name, sync_bn=False):
+    """BatchNorm with the model's momentum; ``sync_bn``: statistics over all replicas (tf.distribute)."""
+    options = {"synchronized": True} if sync_bn else {}
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name, **options)(h)
+
+
 def _block(h, units, dropout, name, seed, sync_bn=False):
     """Dense(no bias) -> BN -> LeakyReLU; returns (pre-dropout, post-dropout)."""
     h = layers.Dense(units, use_bias=False, name=f"{name}_dense")(h)
-    bn_options = {"synchronized": True} if sync_bn else {}
-    h = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn", **bn_options)(h)
+    h = batch_norm(h, f"{name}_bn", sync_bn)
     act = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(h)
     out = layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
     return act, out
@@ -161,7 +166,7 @@ class TRVAE(keras.Model):
             )
         else:
             args = (self.image_shape, self.n_conditions, self.filters, self.mmd_dim, self.latent_dim, self.dropout,
-                    seed, self.conditional, sync_batchnorm, BN_MOMENTUM, arch == "unet")
+                    seed, self.conditional, sync_batchnorm, arch == "unet")
             self.encoder = build_conv_encoder(*args)
             self.decoder = build_conv_decoder(*args)
         self.sampling = Sampling(seed=None if seed is None else seed + 1000, name="sampling")
