@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--beta", type=float, default=1.0, help="MMD weight (rows are labelled when not 1)")
+    parser.add_argument("--condition-injection", default="first", choices=["first", "all"],
+                        help="decoder condition input (rows are labelled when 'all')")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "images_morpho.csv"))
     args = parser.parse_args(argv)
 
@@ -118,7 +120,11 @@ def main(argv=None) -> int:
         with open(out, newline="") as fh:
             rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     done = {(r["variant"], r["decode"], r["direction"], int(r["seed"])) for r in rows}
-    suffix = "" if args.beta == 1.0 else f" (beta {args.beta:g})"
+    labels = ([] if args.beta == 1.0 else [f"beta {args.beta:g}"]) + (
+        [] if args.condition_injection == "first" else [f"condition at every layer"])
+    suffix = f" ({', '.join(labels)})" if labels else ""
+    tag_suffix = ("" if args.beta == 1.0 else f"_beta{args.beta:g}") + (
+        "" if args.condition_injection == "first" else "_injectall")
     names = {k: v + suffix for k, v in {"decoder": "trvae", "none": "cvae", "latent": "mmd-cvae"}.items()}
     seeds = [int(x) for x in args.seeds.split(",")]
 
@@ -137,8 +143,9 @@ def main(argv=None) -> int:
                for dec in ("mean", "counterfactual") for st in DIRECTIONS):
             continue
         settings = TrainSettings(arch="conv", mmd_on=variant, epochs=args.epochs, batch_size=128, mmd_dim=128,
-                                 latent_dim=20, seed=seed, beta=args.beta)
-        model_dir = work / f"model_{variant}{'' if not suffix else f'_b{args.beta:g}'}_s{seed}"
+                                 latent_dim=20, seed=seed, beta=args.beta,
+                                 condition_injection=args.condition_injection)
+        model_dir = work / f"model_{variant}{tag_suffix}_s{seed}"
         t0 = time.perf_counter()
         train_images(data, model_dir, exclude=exclude, settings=settings, force=True, progress="text")
         cfg = json.loads((model_dir / "config.json").read_text())
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
                     sources.append(np.stack([read_image(p, images.image_size, images.channels)
                                              for p in pred.sources]))
                     if d == held[0] and seed == seeds[0]:
-                        tag = names[variant].replace(" (beta ", "_beta").rstrip(")")
+                        tag = {"decoder": "trvae", "none": "cvae", "latent": "mmd-cvae"}[variant] + tag_suffix
                         fig_path = out.with_name(f"images_{tag}_{decode}_{style}_digit{d}.png")
                         plot_images(pred_dir, fig_path, truth=data, n=10, force=True)
                 rows.append({"variant": names[variant], "decode": decode, "direction": f"normal->{style}",

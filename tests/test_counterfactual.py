@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_ok, invoke
-from trvae_cli.counterfactual import counterfactual
+from trvae_cli.counterfactual import counterfactual, poisson_coupling, recover_counts
 
 
 @pytest.fixture
@@ -59,6 +59,63 @@ def test_unknown_scale_is_refused(arrays):
         counterfactual(*arrays, scale="log")
 
 
+def _log_normalised(counts, size_factors):
+    return np.log1p(counts * np.asarray(size_factors)[:, None]).astype(np.float32)
+
+
+def test_recover_counts_inverts_log_normalisation():
+    rng = np.random.default_rng(0)
+    k = rng.poisson(1.5, (6, 40)).astype(float)
+    k[:, 0] = 1                                   # every cell but two has a count of 1 ...
+    k[4] = np.where(k[4] > 0, 2 + 3 * (np.arange(40) % 2), 0)   # ... this one has only 2s and 5s
+    k[5] = 0                                       # and this one no counts at all
+    s = np.array([0.3, 1.0, 2.2, 7.5, 0.9, 1.0])
+    got_k, got_s = recover_counts(_log_normalised(k, s))
+    np.testing.assert_array_equal(got_k, k)
+    np.testing.assert_allclose(got_s[:5], s[:5], rtol=1e-5)
+    assert got_s[5] == pytest.approx(np.median(s[:5]), rel=1e-5)   # an empty cell gets the median
+
+
+@pytest.mark.parametrize("spoil", [lambda x: x * 1.01, lambda x: x + 0.01 * (x > 0), lambda x: x - 0.5])
+def test_recover_counts_refuses_data_without_counts(spoil):
+    k = np.random.default_rng(1).poisson(2.0, (5, 30)).astype(float)
+    k[:, 0] = 1
+    assert recover_counts(_log_normalised(k, np.full(5, 1.3))) is not None
+    assert recover_counts(spoil(_log_normalised(k, np.full(5, 1.3)))) is None
+
+
+@pytest.mark.parametrize("mu_source,mu_target", [(0.0, 0.7), (1.0, 3.0), (4.0, 1.5), (2.0, 0.0)])
+def test_poisson_coupling_gives_the_target_distribution_and_keeps_the_counts(mu_source, mu_target):
+    rng = np.random.default_rng(2)
+    k = rng.poisson(mu_source, 200_000).astype(float)
+    moved = poisson_coupling(k, np.full(k.shape, mu_source), np.full(k.shape, mu_target), rng)
+    assert moved.mean() == pytest.approx(mu_target, abs=0.02)
+    assert moved.var() == pytest.approx(mu_target, abs=0.03)        # Poisson: variance = mean
+    assert np.mean(moved == 0) == pytest.approx(np.exp(-mu_target), abs=0.005)
+    assert (moved >= k).all() if mu_target >= mu_source else (moved <= k).all()
+    assert (moved == np.round(moved)).all()
+
+
+def test_counts_scale_keeps_unchanged_cells_and_draws_zeros_of_an_induced_gene():
+    rng = np.random.default_rng(3)
+    k = rng.poisson(1.0, (4000, 3)).astype(float)
+    k[:, 0] = 1
+    k[:, 1] = 0                                   # gene 1: silent before
+    s = rng.uniform(0.5, 2.0, 4000)
+    x = _log_normalised(k, s)
+    f_s = np.log1p(np.tile([1.0, 0.0, 1.0], (4000, 1)) * s[:, None])
+    np.testing.assert_allclose(counterfactual(x, f_s, f_s, "counts", rng=rng), x, rtol=1e-6)   # no change: the cell
+    f_t = np.log1p(np.tile([1.0, 0.8, 1.0], (4000, 1)) * s[:, None])                  # gene 1 induced to 0.8
+    cf = counterfactual(x, f_t, f_s, "counts", rng=np.random.default_rng(4))
+    assert np.mean(cf[:, 1] == 0) == pytest.approx(np.exp(-0.8), abs=0.02)             # real dropout
+    assert np.mean(counterfactual(x, f_t, f_s, "log1p")[:, 1] == 0) == 0               # additive: none
+    np.testing.assert_allclose(cf[:, [0, 2]], x[:, [0, 2]], rtol=1e-6)
+    with pytest.raises(ValueError, match="counts"):
+        counterfactual(x * 1.01, f_t, f_s, "counts", rng=rng)
+    with pytest.raises(ValueError, match="rng"):
+        counterfactual(x, f_t, f_s, "counts")
+
+
 def _transform(model, out, *extra):
     return invoke("transform", "--model", model, "--from", "control", "--to", "stimulated",
                   "--cell-type", "NK", "--out", out, "-q", *extra)
@@ -70,7 +127,7 @@ def test_transform_counterfactual_equals_the_formula(trained_model, tiny_h5ad, t
     from trvae_cli.model_dir import load_model
 
     assert_ok(_transform(trained_model, tmp_path / "mean.h5ad", "--decode", "mean"))
-    assert_ok(_transform(trained_model, tmp_path / "cf.h5ad"))   # the default
+    assert_ok(_transform(trained_model, tmp_path / "cf.h5ad", "--residual-scale", "log1p"))
     assert_ok(_transform(trained_model, tmp_path / "lin.h5ad", "--decode", "counterfactual",
                          "--residual-scale", "linear"))
     tiny = ad.read_h5ad(tiny_h5ad)
@@ -86,6 +143,36 @@ def test_transform_counterfactual_equals_the_formula(trained_model, tiny_h5ad, t
     np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "lin.h5ad").X),
                                counterfactual(x, f_t, f_s, "linear"), rtol=1e-4, atol=1e-4)
     assert cf.uns["trvae"]["decode"] == "counterfactual" and cf.uns["trvae"]["residual_scale"] == "log1p"
+
+
+def test_default_moves_counts_seeded_and_falls_back_to_log1p(trained_model, tiny_h5ad, tmp_path):
+    """The default (auto) uses the counts the tiny data hold: integer counts out, same seed same cells."""
+    runs = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        result = invoke("transform", "--model", trained_model, "--from", "control", "--to", "stimulated",
+                        "--cell-type", "NK", "--out", tmp_path / f"{name}.h5ad", "--seed", seed)
+        assert_ok(result)
+        assert "using default --residual-scale counts" in result.output
+        runs[name] = ad.read_h5ad(tmp_path / f"{name}.h5ad")
+    assert runs["a"].uns["trvae"]["residual_scale"] == "counts"
+    np.testing.assert_array_equal(np.asarray(runs["a"].X), np.asarray(runs["b"].X))
+    assert not np.array_equal(np.asarray(runs["a"].X), np.asarray(runs["c"].X))
+    assert recover_counts(np.asarray(runs["a"].X)) is not None        # still log1p of whole counts
+
+    data = ad.read_h5ad(tiny_h5ad)
+    data.X = np.asarray(data.X.toarray()) * 1.01                     # no longer counts
+    path = tmp_path / "nocounts.h5ad"
+    data.write_h5ad(path)
+    result = invoke("transform", "--model", trained_model, "--data", path, "--from", "control", "--to",
+                    "stimulated", "--cell-type", "NK", "--out", tmp_path / "d.h5ad")
+    assert_ok(result)
+    assert "using default --residual-scale log1p" in result.output
+    from cli_helpers import assert_user_error
+
+    out = tmp_path / "e.h5ad"
+    assert_user_error(_transform(trained_model, out, "--data", path, "--residual-scale", "counts"),
+                      "no recoverable counts", "--residual-scale log1p")
+    assert not out.exists()
 
 
 def test_transform_refuses_an_unknown_residual_scale(trained_model, tmp_path):

@@ -32,13 +32,14 @@ def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path
             "--no-jit"]
     assert holdout.main(args) == 0
     rows = list(csv.DictReader(open(out)))
-    assert [r["preset"] for r in rows] == ["identity", "mean shift", "trvae", "trvae (mean)"]
+    assert [r["preset"] for r in rows] == ["identity", "mean shift", "trvae", "trvae (counterfactual:log1p)",
+                                           "trvae (mean)"]
     model = rows[2]
     assert model["cell_type"] == "NK" and model["seed"] == "0" and model["epochs"] == "1"
     assert 0 <= float(model["r2_mean_degs"]) <= 1 and float(model["train_seconds"]) > 0
     assert not list((tmp_path / "work").glob("*.h5ad"))           # predictions removed, evaluations kept
     assert len(list((tmp_path / "work").glob("*.eval.json"))) == 1
-    assert "| trvae | trvae (mean) |" in out.with_suffix(".md").read_text()
+    assert "| trvae | trvae (counterfactual:log1p) | trvae (mean) |" in out.with_suffix(".md").read_text()
     for suffix in (".md", ".meta.json"):
         assert out.with_suffix(suffix).exists()
     assert (tmp_path / "bench_heatmap.png").stat().st_size > 1000
@@ -47,8 +48,8 @@ def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path
 
     capsys.readouterr()
     assert holdout.main(args) == 0                                 # resumed: nothing left to do
-    assert "0 runs to do (4 rows already" in capsys.readouterr().err
-    assert len(list(csv.DictReader(open(out)))) == 4
+    assert "0 runs to do (5 rows already" in capsys.readouterr().err
+    assert len(list(csv.DictReader(open(out)))) == 5
 
     with pytest.raises(SystemExit, match="other settings"):
         holdout.main(args[:-1] + ["32"])                         # other train options: refused

@@ -113,3 +113,25 @@ def test_invalid_options():
         TRVAE(12, 2, mmd_on="encoder")
     with pytest.raises(ValueError):
         TRVAE(12, 2, reconstruction="nb")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_condition_injection_reaches_the_output_past_the_mmd_layer(arch):
+    """Cut the condition out of g1: only ``condition_injection="all"`` still lets it change x_hat."""
+    image = dict(arch="conv", filters=(4,), image_shape=(8, 8, 1)) if arch == "conv" else {}
+    n_out = 64 if arch == "conv" else 12
+    z = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
+    for injection, depends in (("first", False), ("all", True)):
+        m = TRVAE(n_out, 2, condition_injection=injection, **SMALL, **image)
+        dense = m.decoder.get_layer("decoder_mmd_dense")
+        kernel = dense.get_weights()[0]
+        kernel[4:] = 0.0                       # rows after z's 4 belong to the condition (or its embedding)
+        dense.set_weights([kernel])
+        outs = [m.decoder.predict_on_batch([z, np.tile(np.eye(2, dtype="float32")[k], (6, 1))]) for k in (0, 1)]
+        np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-6)          # g1 no longer sees c
+        assert (np.abs(outs[0][0] - outs[1][0]).max() > 1e-4) == depends, injection
+        clone = TRVAE.from_config(m.get_config())
+        assert clone.condition_injection == injection
+        assert clone.decoder.count_params() == m.decoder.count_params()
+    with pytest.raises(ValueError):
+        TRVAE(12, 2, condition_injection="middle")

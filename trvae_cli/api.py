@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .counterfactual import DECODE_MODES, SCALES, counterfactual
+from .counterfactual import DECODE_MODES, RESIDUAL_SCALES, counterfactual, recover_counts
 from .data import anndata_io as io
 from .data.batching import dense_rows, iter_row_chunks
 from .errors import TrvaeError
@@ -37,7 +37,7 @@ from .model_dir import (
     CONFIG_FILE, FORMAT, FORMAT_VERSION, HISTORY_FILE, MODEL_FILE, check_writable_target,
     load_model, publish_dir, read_config, staging_dir, write_history,
 )
-from .settings import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, PRECISIONS, TrainSettings
+from .settings import CONDITION_INJECTIONS, MMD_PLACEMENTS, OUTPUT_ACTIVATIONS, PRECISIONS, TrainSettings
 
 DEFAULT_MODEL_DIR = "trvae_model"
 
@@ -83,6 +83,8 @@ def _validate_settings(s: TrainSettings) -> None:
         (s.latent_dim >= 1 and s.mmd_dim >= 1, "--latent-dim and --mmd-dim must be >= 1"),
         (all(h >= 1 for h in s.hidden), f"--hidden sizes must be >= 1, got {list(s.hidden)}"),
         (s.mmd_on in MMD_PLACEMENTS, f"--mmd-on must be one of {MMD_PLACEMENTS}"),
+        (s.condition_injection in CONDITION_INJECTIONS,
+         f"--condition-injection must be one of {CONDITION_INJECTIONS}"),
         (s.output_activation in OUTPUT_ACTIVATIONS, f"--output-activation must be one of {OUTPUT_ACTIVATIONS}"),
         (min(s.alpha, s.beta, s.eta) >= 0, "loss weights --alpha, --beta and --eta must be >= 0"),
         (s.learning_rate > 0, "--learning-rate must be > 0"),
@@ -586,7 +588,7 @@ def transform(
     condition_key: str | None = None,
     cell_type_key: str | None = None,
     decode: str = DECODE_MODES[0],
-    residual_scale: str = "log1p",
+    residual_scale: str = "auto",
     seed: int = 0,
     batch_size: int = 1024,
     force: bool = False,
@@ -599,8 +601,10 @@ def transform(
     Encodes the selected source cells with the source condition, decodes with the
     target condition. ``decode="counterfactual"`` (default) keeps each cell's own
     residual and adds the model's change ``f(z, target) - f(z, source)`` (z the
-    posterior mean) to it, on the ``residual_scale`` ("log1p": the normalised-count
-    scale of log1p data; "linear": the data's own), see :mod:`trvae_cli.counterfactual`;
+    posterior mean) to it, on the ``residual_scale``: "counts" moves the cell's own
+    counts (recovered from log1p-normalised data) by a Poisson coupling, seeded; "log1p" adds
+    on the normalised-count scale; "linear" on the data's own; "auto" (default) is counts
+    when every selected cell holds recoverable counts, else log1p. See :mod:`trvae_cli.counterfactual`;
     ``"mean"`` decodes the posterior mean of z (smooth conditional means);
     ``"sample"`` decodes one draw of q(z|x) per cell, seeded.
     Returns a :class:`Prediction` (the AnnData, where it was written, and which
@@ -608,8 +612,8 @@ def transform(
     """
     if decode not in DECODE_MODES:
         raise TrvaeError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-    if residual_scale not in SCALES:
-        raise TrvaeError(f"--residual-scale must be one of {', '.join(SCALES)}, got {residual_scale!r}")
+    if residual_scale not in RESIDUAL_SCALES:
+        raise TrvaeError(f"--residual-scale must be one of {', '.join(RESIDUAL_SCALES)}, got {residual_scale!r}")
     model_dir = Path(model_dir)
     cfg = read_config(model_dir)
     defaults: dict = {}
@@ -660,7 +664,7 @@ def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_ty
     rows = np.flatnonzero(mask)
     sub = _selected_rows(matrix, rows, backed)
     _check_rows(sub, "X" if dcfg.get("layer") is None else f"layer {dcfg['layer']!r}",
-                need_nonnegative=decode == "counterfactual" and residual_scale == "log1p")
+                need_nonnegative=decode == "counterfactual" and residual_scale != "linear")
 
     from .backend import versions
 
@@ -681,9 +685,20 @@ def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_ty
     x_hat, _ = decode_rows(model, z, np.full(len(rows), dst_idx), len(conditions), batch_size)
     if decode == "counterfactual":
         f_source, _ = decode_rows(model, z_mean, np.full(len(rows), src_idx), len(conditions), batch_size)
+        rng = np.random.default_rng(seed)
         for chunk in iter_row_chunks(len(rows), batch_size):
-            x_hat[chunk] = counterfactual(dense_rows(sub, chunk, columns), x_hat[chunk], f_source[chunk],
-                                          residual_scale)
+            x = dense_rows(sub, chunk, columns)
+            counts = None
+            if residual_scale in ("auto", "counts"):
+                counts = recover_counts(x)
+                if counts is None and (residual_scale == "counts" or chunk[0] > 0):
+                    raise TrvaeError(
+                        f"cells {chunk[0]}-{chunk[-1]} of the selection hold no recoverable counts (X is "
+                        "not log1p of normalised counts): use --residual-scale log1p or linear")
+                if residual_scale == "auto":
+                    residual_scale = "counts" if counts is not None else "log1p"
+                    defaults["residual-scale"] = residual_scale
+            x_hat[chunk] = counterfactual(x, x_hat[chunk], f_source[chunk], residual_scale, rng=rng, counts=counts)
 
     import anndata as ad
     import pandas as pd

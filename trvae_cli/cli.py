@@ -122,6 +122,9 @@ def main():
               "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win.")
 @click.option("--mmd-on", type=click.Choice(["decoder", "latent", "none"]), default=D.mmd_on, show_default=True,
               help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
+@click.option("--condition-injection", type=click.Choice(["first", "all"]), default=D.condition_injection,
+              show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
+              "as in the paper; all = every decoder layer (past the MMD layer too).")
 @click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
               help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE.")
 @click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight.")
@@ -234,11 +237,15 @@ def _report_model(path, quiet: bool) -> None:
               show_default=True,
               help="counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise; "
                    "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x). "
-                   "All but sample are deterministic.")
-@click.option("--residual-scale", type=click.Choice(["log1p", "linear"]), default="log1p", show_default=True,
-              help="Scale on which --decode counterfactual adds the change: log1p = normalised counts of "
-                   "log1p data (expm1, add, log1p); linear = the data as they are.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --decode sample.")
+                   "Given --seed, every mode is reproducible.")
+@click.option("--residual-scale", type=click.Choice(["auto", "counts", "log1p", "linear"]), default="auto",
+              show_default=True,
+              help="How --decode counterfactual applies the change: counts = move each cell's own counts "
+                   "(recovered from log1p-normalised X) by a Poisson coupling, which keeps real zeros; log1p = add "
+                   "it to the normalised counts (expm1, add, log1p); linear = add it to the data as they are; "
+                   "auto = counts where X holds them, else log1p.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the random draws of --decode sample and --residual-scale counts.")
 @click.option("--backed", is_flag=True, help="Read the selected cells from disk in blocks instead of loading DATA.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")

@@ -9,13 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 MMD_PLACEMENTS = ("decoder", "latent", "none")
+#: Where the decoder sees the condition: only at its first (MMD) layer, as in the paper, or at
+#: every layer after it too (scvi-tools' ``inject_covariates``).
+CONDITION_INJECTIONS = ("first", "all")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 RECONSTRUCTION_LOSSES = ("mse", "sse")
 #: Settings that are constructor arguments of the model (and so part of its saved config).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 MODEL_FIELDS = ("hidden", "mmd_dim", "latent_dim", "dropout", "output_activation", "mmd_on",
-                "conditional", "alpha", "beta", "eta", "reconstruction", "seed", "arch", "filters")
+                "conditional", "alpha", "beta", "eta", "reconstruction", "seed", "arch", "filters",
+                "condition_injection")
 ARCHS = ("mlp", "conv", "unet")
 
 
@@ -28,6 +32,7 @@ class TrainSettings:
     dropout: float = 0.0
     output_activation: str = "relu"
     mmd_on: str = "decoder"
+    condition_injection: str = "first"   # "all": the decoder gets the condition after g1 too
     conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
     arch: str = "mlp"          # images: "conv" (seed Table 1) or "unet" (the deeper one, Table 2)
     filters: tuple[int, ...] = (32, 64)   # conv blocks of the image networks (each halves H and W)

@@ -16,6 +16,8 @@ Decoder: the condition is embedded by Dense(128); the first layer is the MMD lay
 a dense block of ``mmd_dim`` on ``[z, embedding]`` (its activations are ``g1``); then a
 dense projection to the smallest feature map and one transposed-convolution block per
 filter, in reverse, back to H x W; a 3x3 convolution with a sigmoid gives pixels in [0, 1].
+With ``condition_injection="all"`` the embedding is concatenated again to g1's output before
+the projection, so the condition reaches the pixels past the MMD layer.
 
 ``unet`` (for 64 x 64 RGB, seed Table 2) is the deeper variant: two convolutions per
 resolution level, the second one added back to the first (a within-level skip, as in a
@@ -82,7 +84,7 @@ def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
 
 
 def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, dropout, seed, conditional,
-                       sync_bn, deep):
+                       sync_bn, deep, condition_injection="first"):
     from .trvae import _block, batch_norm
 
     height, width, channels = image_shape
@@ -94,6 +96,8 @@ def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
         e = layers.Dense(CONDITION_EMBEDDING, activation="relu", name="decoder_condition_embedding")(c)
         h = layers.Concatenate(name="decoder_input")([z, e])
     mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", None if seed is None else seed + 100, sync_bn)
+    if conditional and condition_injection == "all":   # the condition again, past the MMD layer
+        h = layers.Concatenate(name="decoder_project_input")([h, e])
     small = (height // factor, width // factor, filters[-1])
     h = layers.Dense(math.prod(small), use_bias=False, name="decoder_project")(h)
     h = layers.LeakyReLU(negative_slope=0.2, name="decoder_project_act")(batch_norm(h, "decoder_project_bn", sync_bn))

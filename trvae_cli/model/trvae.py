@@ -12,6 +12,10 @@ Network (seed section 3, Table 3; every size an option, defaults in
     decoder g1([z, onehot(s)]): mmd_dim                  <- the MMD layer
             g2: reversed(hidden)... -> n_genes (ReLU or linear)
 
+With ``condition_injection="all"`` every layer of g2 (and the output layer) takes
+``[h, onehot(s)]`` instead of ``h``: the condition reaches the output past the MMD layer,
+whose distribution the penalty makes condition-free.
+
 Each hidden block is Dense(no bias) -> BatchNorm -> LeakyReLU(0.2) -> Dropout.
 The MMD layer's activation is taken after the LeakyReLU, before its dropout,
 as in the original implementation.
@@ -30,7 +34,7 @@ import math
 import keras
 from keras import layers, ops
 
-from ..settings import MMD_PLACEMENTS, MODEL_FIELDS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
+from ..settings import CONDITION_INJECTIONS, MMD_PLACEMENTS, MODEL_FIELDS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
 from .layers import MMDLoss, Sampling
 from .conv import ARCHS, build_conv_decoder, build_conv_encoder
 from .losses import kl_divergence, reconstruction_loss
@@ -71,14 +75,19 @@ def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, s
 
 
 def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed,
-                  conditional=True, sync_bn=False):
+                  conditional=True, sync_bn=False, condition_injection="first"):
     z = keras.Input((latent_dim,), name="z")
     c = keras.Input((n_conditions,), name="condition")
     h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
     mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn)
+    reinject = conditional and condition_injection == "all"
     for i, units in enumerate(reversed(hidden)):
+        if reinject:
+            h = layers.Concatenate(name=f"decoder_{i}_input")([h, c])
         _, h = _block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn)
+    if reinject:
+        h = layers.Concatenate(name="reconstruction_input")([h, c])
     x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
     return keras.Model([z, c], [x_hat, mmd_act], name="decoder")
 
@@ -123,6 +132,7 @@ class TRVAE(keras.Model):
         arch: str = _D.arch,
         filters=_D.filters,
         image_shape=None,
+        condition_injection: str = _D.condition_injection,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
@@ -133,6 +143,8 @@ class TRVAE(keras.Model):
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_LOSSES}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}")
+        if condition_injection not in CONDITION_INJECTIONS:
+            raise ValueError(f"condition_injection must be one of {CONDITION_INJECTIONS}, got {condition_injection!r}")
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         if (arch == "mlp") != (image_shape is None):
@@ -154,6 +166,7 @@ class TRVAE(keras.Model):
         self.eta = float(eta)
         self.reconstruction = reconstruction
         self.seed = seed
+        self.condition_injection = condition_injection
 
         if arch == "mlp":
             self.encoder = build_encoder(
@@ -163,12 +176,13 @@ class TRVAE(keras.Model):
             self.decoder = build_decoder(
                 self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
                 self.latent_dim, self.dropout, output_activation, seed, self.conditional, sync_batchnorm,
+                condition_injection,
             )
         else:
             args = (self.image_shape, self.n_conditions, self.filters, self.mmd_dim, self.latent_dim, self.dropout,
                     seed, self.conditional, sync_batchnorm, arch == "unet")
             self.encoder = build_conv_encoder(*args)
-            self.decoder = build_conv_decoder(*args)
+            self.decoder = build_conv_decoder(*args, condition_injection=condition_injection)
         self.sampling = Sampling(seed=None if seed is None else seed + 1000, name="sampling")
         self.mmd_loss = None if mmd_on == "none" else MMDLoss(beta=self.beta, name="mmd_loss")
         self.kl_factor = self.add_weight(
