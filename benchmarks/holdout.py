@@ -61,7 +61,7 @@ def parse(argv):
     p.add_argument("--first", default="NK", help="cell type run first, all presets and seeds (default: NK)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--decode", default="counterfactual,counterfactual:log1p,mean",
-                   help="comma-separated transform --decode modes, MODE or MODE:RESIDUAL_SCALE, a row for each: "
+                   help="comma-separated transform --decode modes, MODE[:RESIDUAL_SCALE][@DRAWS], a row for each: "
                         "the first is named PRESET, the others 'PRESET (MODE)' (default: %(default)s)")
     p.add_argument("--n-degs", type=int, default=100)
     p.add_argument("--n-subsamples", type=int, default=100)
@@ -133,11 +133,12 @@ def one_run(args, preset, cell_type, seed, work: Path) -> list[dict]:
         raise RuntimeError(f"train failed: {res.stderr.strip().splitlines()[-1:]}")
     preds, labels = [], []
     for decode in args.decode.split(","):
-        path = pred.with_name(f"{tag}_{decode.replace(':', '_')}.h5ad")
-        mode, _, scale = decode.partition(":")
+        path = pred.with_name(f"{tag}_{decode.replace(':', '_').replace('@', '_x')}.h5ad")
+        spec, _, draws = decode.partition("@")
+        mode, _, scale = spec.partition(":")
         res = trvae("transform", "--model", model, "--from", args.source, "--to", args.target, "--cell-type",
-                    cell_type, "--decode", mode, *(("--residual-scale", scale) if scale else ()), "--seed", seed,
-                    "--out", path, "--force", "-q")
+                    cell_type, "--decode", mode, *(("--residual-scale", scale) if scale else ()),
+                    *(("--draws", draws) if draws else ()), "--seed", seed, "--out", path, "--force", "-q")
         if res.returncode:
             raise RuntimeError(f"transform failed: {res.stderr.strip().splitlines()[-1:]}")
         preds.append(path)

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
     done = {(r["variant"], r["decode"], r["direction"], int(r["seed"])) for r in rows}
     labels = ([] if args.beta == 1.0 else [f"beta {args.beta:g}"]) + (
-        [] if args.condition_injection == "first" else [f"condition at every layer"])
+        [] if args.condition_injection == "first" else ["condition at every layer"])
     suffix = f" ({', '.join(labels)})" if labels else ""
     tag_suffix = ("" if args.beta == 1.0 else f"_beta{args.beta:g}") + (
         "" if args.condition_injection == "first" else "_injectall")

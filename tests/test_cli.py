@@ -263,8 +263,13 @@ def _transform_x(model, out, *extra):
 
 def test_default_and_mean_decoding_are_deterministic(trained_model, tmp_path):
     a = _transform_x(trained_model, tmp_path / "a.h5ad")
-    b = _transform_x(trained_model, tmp_path / "b.h5ad", "--decode", "counterfactual", "--seed", "5")
-    np.testing.assert_array_equal(a, b)   # the default is counterfactual, and the seed plays no part
+    b = _transform_x(trained_model, tmp_path / "b.h5ad", "--decode", "counterfactual", "--seed", "0")
+    np.testing.assert_array_equal(a, b)   # the default: counterfactual on counts, seed 0
+    c = _transform_x(trained_model, tmp_path / "c.h5ad", "--seed", "5")
+    assert not np.array_equal(a, c)       # counts are drawn: another seed, other draws
+    d1 = _transform_x(trained_model, tmp_path / "d1.h5ad", "--residual-scale", "log1p")
+    d2 = _transform_x(trained_model, tmp_path / "d2.h5ad", "--residual-scale", "log1p", "--seed", "5")
+    np.testing.assert_array_equal(d1, d2)  # additive counterfactuals draw nothing
     m1 = _transform_x(trained_model, tmp_path / "m1.h5ad", "--decode", "mean")
     m2 = _transform_x(trained_model, tmp_path / "m2.h5ad", "--decode", "mean", "--seed", "5")
     np.testing.assert_array_equal(m1, m2)

@@ -192,3 +192,27 @@ def test_log1p_scale_refuses_data_with_negative_values(trained_model, tiny_h5ad,
     assert_user_error(_transform(trained_model, out, "--data", path), "negative values", "--residual-scale linear")
     assert not out.exists()
     assert_ok(_transform(trained_model, out, "--data", path, "--residual-scale", "linear"))
+
+
+def test_draws_write_independent_draws_of_every_cell(trained_model, tmp_path):
+    one = tmp_path / "one.h5ad"
+    three = tmp_path / "three.h5ad"
+    assert_ok(_transform(trained_model, one))
+    assert_ok(_transform(trained_model, three, "--draws", "3"))
+    a, b = ad.read_h5ad(one), ad.read_h5ad(three)
+    n = a.n_obs
+    assert b.n_obs == 3 * n and b.uns["trvae"]["draws"] == 3
+    assert list(b.obs["trvae_draw"]) == [0] * n + [1] * n + [2] * n
+    assert list(b.obs_names[:2]) == [f"{a.obs_names[0]}-0", f"{a.obs_names[1]}-0"]
+    np.testing.assert_array_equal(np.asarray(b.X[:n]), np.asarray(a.X))       # draw 0 = the --draws 1 output
+    assert not np.array_equal(np.asarray(b.X[n:2 * n]), np.asarray(b.X[:n]))   # the others are new draws
+    assert (b.obs["condition"] == "stimulated").all()
+
+
+@pytest.mark.parametrize("extra", [("--decode", "mean"), ("--residual-scale", "log1p")])
+def test_draws_refuse_deterministic_decodings(trained_model, tmp_path, extra):
+    from cli_helpers import assert_user_error
+
+    out = tmp_path / "x.h5ad"
+    assert_user_error(_transform(trained_model, out, "--draws", "2", *extra), "needs random draws")
+    assert not out.exists()

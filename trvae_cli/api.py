@@ -590,6 +590,7 @@ def transform(
     decode: str = DECODE_MODES[0],
     residual_scale: str = "auto",
     seed: int = 0,
+    draws: int = 1,
     batch_size: int = 1024,
     force: bool = False,
     write: bool = True,
@@ -606,7 +607,9 @@ def transform(
     on the normalised-count scale; "linear" on the data's own; "auto" (default) is counts
     when every selected cell holds recoverable counts, else log1p. See :mod:`trvae_cli.counterfactual`;
     ``"mean"`` decodes the posterior mean of z (smooth conditional means);
-    ``"sample"`` decodes one draw of q(z|x) per cell, seeded.
+    ``"sample"`` decodes one draw of q(z|x) per cell, seeded. ``draws=K`` (random decodings
+    only: counts counterfactuals and samples) writes K independent draws of every cell, draw-major,
+    with ``obs["trvae_draw"]``: a K-times larger sample of the same predicted distribution.
     Returns a :class:`Prediction` (the AnnData, where it was written, and which
     defaults were filled in).
     """
@@ -614,6 +617,13 @@ def transform(
         raise TrvaeError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if residual_scale not in RESIDUAL_SCALES:
         raise TrvaeError(f"--residual-scale must be one of {', '.join(RESIDUAL_SCALES)}, got {residual_scale!r}")
+    if int(draws) != draws or draws < 1:
+        raise TrvaeError(f"--draws must be a whole number >= 1, got {draws}")
+    deterministic = decode == "mean" or (decode == "counterfactual" and residual_scale in ("log1p", "linear"))
+    if draws > 1 and deterministic:
+        raise TrvaeError(f"--draws {draws} needs random draws, and --decode {decode}"
+                         f"{'' if decode == 'mean' else f' --residual-scale {residual_scale}'} has none: "
+                         "use --decode sample or counterfactual with --residual-scale counts")
     model_dir = Path(model_dir)
     cfg = read_config(model_dir)
     defaults: dict = {}
@@ -641,13 +651,44 @@ def transform(
     try:
         return _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_type, condition_key,
                           cell_type_key, decode, residual_scale, seed, batch_size, command, conditions, defaults,
-                          backed)
+                          backed, int(draws))
     finally:
         _close_data(adata, matrix)
 
 
+def _arithmetic(model, cfg, model_dir, z, source, target):
+    """z itself for a conditional model; z + the latent delta (scGen's arithmetic) for an unconditional one."""
+    if model.conditional:
+        return z.astype(np.float32)
+    from .arithmetic import latent_delta
+
+    if "latent_arithmetic" not in cfg:
+        raise TrvaeError(f"{model_dir} holds an unconditional model without latent means; retrain it")
+    return (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
+
+
+def _counterfactual_rows(sub, columns, f_target, f_source, scale, rng, batch_size):
+    """Counterfactuals of the rows of ``sub`` (read a block at a time); returns them and the scale used
+    ("auto" resolved on the first block: counts if it holds them, else log1p)."""
+    out = np.empty_like(f_target)
+    for chunk in iter_row_chunks(len(f_target), batch_size):
+        x = dense_rows(sub, chunk, columns)
+        counts = None
+        if scale in ("auto", "counts"):
+            counts = recover_counts(x)
+            if counts is None and (scale == "counts" or chunk[0] > 0):
+                raise TrvaeError(
+                    f"cells {chunk[0]}-{chunk[-1]} of the selection hold no recoverable counts (X is "
+                    "not log1p of normalised counts): use --residual-scale log1p or linear")
+            if scale == "auto":
+                scale = "counts" if counts is not None else "log1p"
+        out[chunk] = counterfactual(x, f_target[chunk], f_source[chunk], scale, rng=rng, counts=counts)
+    return out, scale
+
+
 def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
-               decode, residual_scale, seed, batch_size, command, conditions, defaults, backed) -> Prediction:
+               decode, residual_scale, seed, batch_size, command, conditions, defaults, backed,
+               draws=1) -> Prediction:
     dcfg = cfg["data"]
     cond = io.require_obs_key(adata, condition_key, "condition")
     io.require_values(cond, [source], condition_key)
@@ -670,42 +711,45 @@ def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_ty
 
     cfg, model = load_model(model_dir, cfg)
     src_idx, dst_idx = conditions.index(source), conditions.index(target)
-    z_mean, z_log_var = encode_rows(model, sub, np.full(len(rows), src_idx), len(conditions), columns, batch_size)
-    z = z_mean
-    if decode == "sample":
-        rng = np.random.default_rng(seed)
-        z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
-    if not model.conditional:
-        from .arithmetic import latent_delta
-
-        if "latent_arithmetic" not in cfg:
-            raise TrvaeError(f"{model_dir} holds an unconditional model without latent means; retrain it")
-        z = (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
-    z = z.astype(np.float32)
-    x_hat, _ = decode_rows(model, z, np.full(len(rows), dst_idx), len(conditions), batch_size)
+    n = len(rows)
+    z_mean, z_log_var = encode_rows(model, sub, np.full(n, src_idx), len(conditions), columns, batch_size)
+    f_target = f_source = None
     if decode == "counterfactual":
-        f_source, _ = decode_rows(model, z_mean, np.full(len(rows), src_idx), len(conditions), batch_size)
-        rng = np.random.default_rng(seed)
-        for chunk in iter_row_chunks(len(rows), batch_size):
-            x = dense_rows(sub, chunk, columns)
-            counts = None
-            if residual_scale in ("auto", "counts"):
-                counts = recover_counts(x)
-                if counts is None and (residual_scale == "counts" or chunk[0] > 0):
-                    raise TrvaeError(
-                        f"cells {chunk[0]}-{chunk[-1]} of the selection hold no recoverable counts (X is "
-                        "not log1p of normalised counts): use --residual-scale log1p or linear")
-                if residual_scale == "auto":
-                    residual_scale = "counts" if counts is not None else "log1p"
-                    defaults["residual-scale"] = residual_scale
-            x_hat[chunk] = counterfactual(x, x_hat[chunk], f_source[chunk], residual_scale, rng=rng, counts=counts)
+        z = _arithmetic(model, cfg, model_dir, z_mean, source, target)
+        f_target, _ = decode_rows(model, z, np.full(n, dst_idx), len(conditions), batch_size)
+        f_source, _ = decode_rows(model, z_mean, np.full(n, src_idx), len(conditions), batch_size)
+    x_hats, zs = [], []
+    for draw in range(draws):   # draw 0 is what --draws 1 gives; draw d > 0 has its own stream
+        rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
+        if decode == "counterfactual":
+            x_hat, resolved = _counterfactual_rows(sub, columns, f_target, f_source, residual_scale, rng, batch_size)
+            if residual_scale == "auto":
+                defaults["residual-scale"] = resolved
+            if draws > 1 and resolved != "counts":
+                raise TrvaeError(f"--draws {draws} needs random draws, and --residual-scale {resolved} has none: "
+                                 "use --residual-scale counts (log1p-normalised counts) or --decode sample")
+            residual_scale = resolved
+        else:
+            z = z_mean
+            if decode == "sample":
+                z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
+            z = _arithmetic(model, cfg, model_dir, z, source, target)
+            x_hat, _ = decode_rows(model, z, np.full(n, dst_idx), len(conditions), batch_size)
+        x_hats.append(x_hat)
+        zs.append(z)
+    x_hat, z = (x_hats[0], zs[0]) if draws == 1 else (np.concatenate(x_hats), np.concatenate(zs))
 
     import anndata as ad
     import pandas as pd
 
     obs = adata.obs.iloc[rows].copy()
-    obs[condition_key] = pd.Categorical([target] * len(rows), categories=conditions)
-    obs["trvae_source_condition"] = pd.Categorical([source] * len(rows), categories=conditions)
+    if draws > 1:   # draw-major: rows d * n ... (d + 1) * n - 1 are draw d of every cell
+        names = obs.index.astype(str)
+        obs = pd.concat([obs] * draws)
+        obs.index = pd.Index([f"{name}-{d}" for d in range(draws) for name in names])
+        obs["trvae_draw"] = np.repeat(np.arange(draws), n)
+    obs[condition_key] = pd.Categorical([target] * len(obs), categories=conditions)
+    obs["trvae_source_condition"] = pd.Categorical([source] * len(obs), categories=conditions)
     pred = ad.AnnData(
         X=x_hat,
         obs=obs,
@@ -724,11 +768,12 @@ def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_ty
         "decode": decode,
         "residual_scale": residual_scale if decode == "counterfactual" else "",
         "seed": int(seed),
+        "draws": int(draws),
         "n_cells": int(len(rows)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or _api_call("transform", model_dir=str(model_dir), data=str(data), source=source,
                                          target=target, cell_type=cell_type, decode=decode,
-                                         residual_scale=residual_scale, seed=seed),
+                                         residual_scale=residual_scale, seed=seed, draws=draws),
         "versions": versions(),
     }
     if out is not None:

@@ -246,12 +246,15 @@ def _report_model(path, quiet: bool) -> None:
                    "auto = counts where X holds them, else log1p.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random draws of --decode sample and --residual-scale counts.")
+@click.option("--draws", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Write K independent draws of every cell (random decodings only): a larger sample of the "
+                   "same predicted distribution, draw-major, obs['trvae_draw'] = 0..K-1.")
 @click.option("--backed", is_flag=True, help="Read the selected cells from disk in blocks instead of loading DATA.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
 @click.pass_context
 def transform(ctx, model_dir, data, source, target, out, cell_type, domain, condition_key, cell_type_key,
-              decode, residual_scale, seed, backed, force, quiet):
+              decode, residual_scale, seed, draws, backed, force, quiet):
     """Transform cells (or images) from one condition (--from) to another (--to).
 
     For a model trained on images, DATA is the image folder or manifest, --out a folder
@@ -263,6 +266,9 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
 
     if model_input_kind(model_dir) == "images":
         from .images_api import transform_images
+
+        if draws != 1:
+            raise TrvaeError("--draws applies to cells; image transforms write one image per source image")
 
         src = ctx.get_parameter_source("decode")
         from click.core import ParameterSource
@@ -279,7 +285,7 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
     pred = api.transform(
         model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
         condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, residual_scale=residual_scale, seed=seed,
-        force=force, backed=backed,
+        draws=draws, force=force, backed=backed,
         command=_invocation(ctx),
     )
     if not quiet:
