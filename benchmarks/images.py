@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DIRECTIONS = ("thin", "thick")
+#: --mmd-on value -> the row (and figure) name of its variant
+VARIANT_NAMES = {"decoder": "trvae", "none": "cvae", "latent": "mmd-cvae"}
 
 
 def _digits(args) -> Path:
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
     suffix = f" ({', '.join(labels)})" if labels else ""
     tag_suffix = ("" if args.beta == 1.0 else f"_beta{args.beta:g}") + (
         "" if args.condition_injection == "first" else "_injectall")
-    names = {k: v + suffix for k, v in {"decoder": "trvae", "none": "cvae", "latent": "mmd-cvae"}.items()}
+    names = {k: v + suffix for k, v in VARIANT_NAMES.items()}
     seeds = [int(x) for x in args.seeds.split(",")]
 
     # the identity baseline: the normal image as the prediction of its thin / thick version
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
                     sources.append(np.stack([read_image(p, images.image_size, images.channels)
                                              for p in pred.sources]))
                     if d == held[0] and seed == seeds[0]:
-                        tag = {"decoder": "trvae", "none": "cvae", "latent": "mmd-cvae"}[variant] + tag_suffix
+                        tag = VARIANT_NAMES[variant] + tag_suffix
                         fig_path = out.with_name(f"images_{tag}_{decode}_{style}_digit{d}.png")
                         plot_images(pred_dir, fig_path, truth=data, n=10, force=True)
                 rows.append({"variant": names[variant], "decode": decode, "direction": f"normal->{style}",

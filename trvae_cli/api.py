@@ -667,10 +667,11 @@ def _arithmetic(model, cfg, model_dir, z, source, target):
     return (z + latent_delta(cfg["latent_arithmetic"]["means"], source, target)).astype(np.float32)
 
 
-def _counterfactual_rows(sub, columns, f_target, f_source, scale, rng, batch_size):
-    """Counterfactuals of the rows of ``sub`` (read a block at a time); returns them and the scale used
-    ("auto" resolved on the first block: counts if it holds them, else log1p)."""
-    out = np.empty_like(f_target)
+def _counterfactual_rows(sub, columns, f_target, f_source, scale, rngs, batch_size):
+    """Counterfactuals of the rows of ``sub``, one array per generator in ``rngs`` (each block is read,
+    and its counts recovered, once for all draws); returns them and the scale used ("auto" resolved on
+    the first block: counts if it holds them, else log1p)."""
+    outs = [np.empty_like(f_target) for _ in rngs]
     for chunk in iter_row_chunks(len(f_target), batch_size):
         x = dense_rows(sub, chunk, columns)
         counts = None
@@ -682,8 +683,12 @@ def _counterfactual_rows(sub, columns, f_target, f_source, scale, rng, batch_siz
                     "not log1p of normalised counts): use --residual-scale log1p or linear")
             if scale == "auto":
                 scale = "counts" if counts is not None else "log1p"
-        out[chunk] = counterfactual(x, f_target[chunk], f_source[chunk], scale, rng=rng, counts=counts)
-    return out, scale
+            if scale != "counts" and len(rngs) > 1:
+                raise TrvaeError(f"--draws {len(rngs)} needs random draws, and --residual-scale {scale} has none: "
+                                 "use --residual-scale counts (log1p-normalised counts) or --decode sample")
+        for out, rng in zip(outs, rngs):
+            out[chunk] = counterfactual(x, f_target[chunk], f_source[chunk], scale, rng=rng, counts=counts)
+    return outs, scale
 
 
 def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_type, condition_key, cell_type_key,
@@ -713,30 +718,27 @@ def _transform(adata, matrix, cfg, model_dir, data, source, target, out, cell_ty
     src_idx, dst_idx = conditions.index(source), conditions.index(target)
     n = len(rows)
     z_mean, z_log_var = encode_rows(model, sub, np.full(n, src_idx), len(conditions), columns, batch_size)
-    f_target = f_source = None
+    # draw 0 is what --draws 1 gives; draw d > 0 has its own stream
+    rngs = [np.random.default_rng(seed if draw == 0 else [seed, draw]) for draw in range(draws)]
     if decode == "counterfactual":
         z = _arithmetic(model, cfg, model_dir, z_mean, source, target)
         f_target, _ = decode_rows(model, z, np.full(n, dst_idx), len(conditions), batch_size)
         f_source, _ = decode_rows(model, z_mean, np.full(n, src_idx), len(conditions), batch_size)
-    x_hats, zs = [], []
-    for draw in range(draws):   # draw 0 is what --draws 1 gives; draw d > 0 has its own stream
-        rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
-        if decode == "counterfactual":
-            x_hat, resolved = _counterfactual_rows(sub, columns, f_target, f_source, residual_scale, rng, batch_size)
-            if residual_scale == "auto":
-                defaults["residual-scale"] = resolved
-            if draws > 1 and resolved != "counts":
-                raise TrvaeError(f"--draws {draws} needs random draws, and --residual-scale {resolved} has none: "
-                                 "use --residual-scale counts (log1p-normalised counts) or --decode sample")
-            residual_scale = resolved
-        else:
+        requested = residual_scale
+        x_hats, residual_scale = _counterfactual_rows(sub, columns, f_target, f_source, residual_scale, rngs,
+                                                      batch_size)
+        if requested == "auto":
+            defaults["residual-scale"] = residual_scale
+        zs = [z] * draws
+    else:
+        x_hats, zs = [], []
+        for rng in rngs:
             z = z_mean
             if decode == "sample":
                 z = z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape).astype(np.float32)
             z = _arithmetic(model, cfg, model_dir, z, source, target)
-            x_hat, _ = decode_rows(model, z, np.full(n, dst_idx), len(conditions), batch_size)
-        x_hats.append(x_hat)
-        zs.append(z)
+            x_hats.append(decode_rows(model, z, np.full(n, dst_idx), len(conditions), batch_size)[0])
+            zs.append(z)
     x_hat, z = (x_hats[0], zs[0]) if draws == 1 else (np.concatenate(x_hats), np.concatenate(zs))
 
     import anndata as ad
