@@ -15,6 +15,12 @@ from trvae_cli.data.images import (
     write_png,
 )
 from trvae_cli.errors import TrvaeError
+from tolerances import U
+
+# Pixels are 8-bit (or 16-bit) integers divided by 255 (65535) in float32: one correctly rounded
+# division, so a loaded value is within U (half an ulp) of its float64 value p / 255 on any CPU:
+# rtol=U, atol=0 below (Pillow resizes 8-bit images in integers: a constant stays exact).
+F32 = dict(rtol=U, atol=0)
 
 
 def _gray(path: Path, size=(4, 5), value=None, pattern=None) -> Path:
@@ -97,7 +103,7 @@ def test_manifest_relative_and_absolute_paths(tmp_path):
     assert s.domains.tolist() == ["B", "T"]
     assert s.paths == [outside.absolute(), (tmp_path / "data" / "imgs" / "x.png").absolute()]
     assert [p.as_posix() for p in s.relpaths] == ["y.png", "imgs/x.png"]
-    np.testing.assert_allclose(load_all(s)[:, 0, 0, 0], [20 / 255, 10 / 255], atol=1e-6)
+    np.testing.assert_allclose(load_all(s)[:, 0, 0, 0], [20 / 255, 10 / 255], **F32)
 
 
 def test_manifest_without_domain_column(tmp_path):
@@ -125,8 +131,8 @@ def test_rgb_anywhere_makes_three_channels(tmp_path):
     assert s.channels == 3
     x = load_all(s)
     assert x.shape == (2, 4, 5, 3)
-    np.testing.assert_allclose(x[0], 0.2, atol=1e-6)                      # grey replicated
-    np.testing.assert_allclose(x[1, 0, 0], [1.0, 0.0, 0.4], atol=1e-6)
+    np.testing.assert_allclose(x[0], 0.2, **F32)                      # grey replicated
+    np.testing.assert_allclose(x[1, 0, 0], [1.0, 0.0, 0.4], **F32)
 
 
 def test_channels_override(tmp_path):
@@ -134,7 +140,7 @@ def test_channels_override(tmp_path):
     _gray(tmp_path / "a" / "g.png", value=255)
     s = scan_images(tmp_path, channels=1)
     assert s.channels == 1
-    np.testing.assert_allclose(load_all(s), 1.0, atol=1e-6)
+    np.testing.assert_allclose(load_all(s), 1.0, **F32)
     with pytest.raises(TrvaeError, match="channels"):
         scan_images(tmp_path, channels=2)
 
@@ -149,9 +155,9 @@ def test_grayscale_modes(tmp_path):
     x = load_all(s)
     assert x.dtype == np.float32 and x.shape == (3, 4, 5, 1)
     by_name = {p.name: v for p, v in zip(s.paths, x)}
-    np.testing.assert_allclose(by_name["w16.png"], 0.2, atol=1e-6)  # 16-bit precision kept
-    np.testing.assert_allclose(by_name["la.png"], 128 / 255, atol=1e-6)
-    np.testing.assert_allclose(by_name["bw.png"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(by_name["w16.png"], 0.2, **F32)  # 16-bit precision kept
+    np.testing.assert_allclose(by_name["la.png"], 128 / 255, **F32)
+    np.testing.assert_allclose(by_name["bw.png"], 1.0, **F32)
 
 
 def test_mixed_sizes_need_image_size(tmp_path):
@@ -168,7 +174,7 @@ def test_mixed_sizes_need_image_size(tmp_path):
 def test_resize_of_a_constant_image_keeps_its_value(tmp_path):
     _gray(tmp_path / "a" / "x.png", size=(8, 8), value=200)
     x = load_all(scan_images(tmp_path, image_size=(2, 3)))
-    np.testing.assert_allclose(x, 200 / 255, atol=1e-6)
+    np.testing.assert_allclose(x, 200 / 255, **F32)
 
 
 # --------------------------------------------------------------------------- pixels
@@ -203,8 +209,8 @@ def test_write_png_round_trip(tmp_path):
         assert img.mode == "RGB"
     s = scan_images(tmp_path / "out", channels=3)
     x = load_all(s)
-    np.testing.assert_allclose(x[0], np.repeat(gray, 3, axis=2), atol=1e-6)
-    np.testing.assert_allclose(x[1], rgb, atol=1e-6)
+    np.testing.assert_allclose(x[0], np.repeat(gray, 3, axis=2), **F32)
+    np.testing.assert_allclose(x[1], rgb, **F32)
 
 
 def test_write_png_clips_and_accepts_2d(tmp_path):
