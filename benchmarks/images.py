@@ -105,9 +105,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from trvae_cli.data.images import load_images, read_image, scan_images
-    from trvae_cli.images_api import train_images, transform_images
+    from trvae_cli import api
+    from trvae_cli.config import RunOptions
     from trvae_cli.plotting import plot_images
-    from trvae_cli.settings import TrainSettings
+    from trvae_cli.config import TrainSettings
 
     data = _digits(args)
     images = scan_images(data)
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
                                  condition_injection=args.condition_injection)
         model_dir = work / f"model_{variant}{tag_suffix}_s{seed}"
         t0 = time.perf_counter()
-        train_images(data, model_dir, exclude=exclude, settings=settings, force=True, progress="text")
+        api.train(data, out=model_dir, exclude=exclude, settings=settings,
+                  options=RunOptions(force=True, progress="text"))
         cfg = json.loads((model_dir / "config.json").read_text())
         seconds = time.perf_counter() - t0
         for style in DIRECTIONS:
@@ -157,13 +159,13 @@ def main(argv=None) -> int:
                 preds, truths, sources = [], [], []
                 for d in held:
                     pred_dir = work / f"pred_{variant}_{decode}_{style}_{d}"
-                    pred = transform_images(model_dir, data, source="normal", target=style, domain=d,
-                                            decode=decode, out=pred_dir, force=True)
+                    pred = api.transform(model_dir, data, source="normal", target=style, domain=d,
+                                         decode=decode, out=pred_dir, force=True)
                     preds.append(pred.images)
                     truths.append(np.stack([read_image(data / r, images.image_size, images.channels)
-                                            for r in pred.relpaths]))
+                                            for r in pred.adata.obs["output"]]))
                     sources.append(np.stack([read_image(p, images.image_size, images.channels)
-                                             for p in pred.sources]))
+                                             for p in pred.adata.obs["path"]]))
                     if d == held[0] and seed == seeds[0]:
                         tag = VARIANT_NAMES[variant] + tag_suffix
                         fig_path = out.with_name(f"images_{tag}_{decode}_{style}_digit{d}.png")

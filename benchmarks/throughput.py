@@ -67,12 +67,13 @@ def worker(path: Path, mode: str, epochs: int, threads: int | None) -> dict:
     from trvae_cli import api
     from trvae_cli.backend import keras_module
     from trvae_cli.model_dir import load_model
-    from trvae_cli.settings import TrainSettings
+    from trvae_cli.config import RunOptions, TrainSettings
 
     keras = keras_module(threads=threads)
     out = path.with_name(f"{path.stem}_{mode}_model")
     s = TrainSettings(epochs=epochs, validation_fraction=0.0, early_stopping_patience=0, lr_patience=0)
-    api.train(path, "condition", out, cell_type_key="cell_type", settings=s, force=True, progress="none",
+    api.train(path, "condition", out, cell_type_key="cell_type", settings=s,
+              options=RunOptions(force=True, progress="none"),
               backed=mode == "backed")
     cfg = json.loads((out / "config.json").read_text())
     hist = list(csv.DictReader(open(out / "history.csv")))

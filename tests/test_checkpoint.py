@@ -38,7 +38,7 @@ def _assert_same_model(a, b):
 
 @pytest.mark.parametrize("mode", [(), ("--backed",)], ids=["memory", "backed"])
 def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, tmp_path, mode):
-    from trvae_cli.checkpoint import read_checkpoint
+    from trvae_cli.engine.checkpoint import read_checkpoint
 
     uninterrupted = tmp_path / "full"
     assert_ok(invoke("train", tiny_h5ad, *ARGS, *mode, "--epochs", "4", "--out", uninterrupted, "-q"))
@@ -47,7 +47,7 @@ def test_checkpoint_then_resume_equals_the_uninterrupted_run(tiny_h5ad, tmp_path
     # a real SIGTERM through the real handler, sent by the process to itself right after epoch 2
     # (deterministic, unlike racing a fast epoch from outside)
     child = ("import os, signal, sys\n"
-             "from trvae_cli import checkpoint as C\n"
+             "from trvae_cli.engine import checkpoint as C\n"
              "orig = C.Checkpointer.on_epoch_end\n"
              "def hook(self, epoch, logs=None):\n"
              "    orig(self, epoch, logs)\n"
@@ -83,7 +83,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tiny_h5ad, tmp_pa
     assert_user_error(invoke("train", tiny_h5ad, *ARGS, "--epochs", "2", "--out", out, "--resume", "-q"),
                       "no checkpoint")
     # leave a checkpoint behind as a killed run would, then resume with another seed
-    from trvae_cli.checkpoint import checkpoint_path
+    from trvae_cli.engine.checkpoint import checkpoint_path
 
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-m", "trvae_cli.cli", "train", str(tiny_h5ad), *ARGS,

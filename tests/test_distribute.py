@@ -101,7 +101,7 @@ def test_two_workers_train_one_epoch_and_end_with_identical_weights(tmp_path):
     assert config["result"]["weights_sha256"] == results[0]["weights_sha256"]
     assert config["training"]["jit"] is False           # XLA cannot compile CPU collectives
 
-    from trvae_cli.api import weights_digest
+    from trvae_cli.engine.fit import weights_digest
     from trvae_cli.model_dir import load_model
 
     _, model = load_model(chief)

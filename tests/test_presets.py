@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import assert_ok, invoke
 
 from trvae_cli.arithmetic import balanced_condition_means, latent_delta
-from trvae_cli.settings import PRESETS, TrainSettings, preset_settings
+from trvae_cli.config import PRESETS, TrainSettings, preset_settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "perturbation.h5ad"
 
@@ -112,14 +112,13 @@ def test_explicit_options_win_over_the_preset(tmp_path):
 
 def test_scgen_transform_is_latent_arithmetic(preset_models):
     """pred's z = z(control NK cells) + (balanced mean z(stimulated) - balanced mean z(control))."""
-    from trvae_cli.api import encode_rows
     from trvae_cli.model_dir import load_model
 
     model_dir, pred_path = preset_models["scgen"]
     cfg, model = load_model(model_dir)
     data = ad.read_h5ad(SAMPLE)
     rows = ((data.obs["cell_type"] == "NK") & (data.obs["condition"] == "control")).values
-    z, _ = encode_rows(model, data.X[rows], np.zeros(rows.sum(), int), len(cfg["data"]["conditions"]))
+    z, _ = model.encode(data.X[rows].toarray(), 0)
     delta = latent_delta(cfg["latent_arithmetic"]["means"], "control", "stimulated")
     pred = ad.read_h5ad(pred_path)
     np.testing.assert_allclose(pred.obsm["X_trvae"], z + delta, atol=1e-5)
@@ -127,7 +126,7 @@ def test_scgen_transform_is_latent_arithmetic(preset_models):
     train = ~((data.obs["cell_type"] == "NK") & (data.obs["condition"] == "stimulated")).values
     conds = cfg["data"]["conditions"]
     codes = np.array([conds.index(c) for c in data.obs["condition"].astype(str)[train]])
-    z_train, _ = encode_rows(model, data.X[train], codes, len(conds))
+    z_train, _ = model.encode(data.X[train].toarray(), codes)
     means = balanced_condition_means(z_train, data.obs["condition"].astype(str)[train],
                                      data.obs["cell_type"].astype(str)[train])
     for c in conds:

@@ -14,9 +14,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .counterfactual import DECODE_MODES
+from .config import (ARCHS, CONDITION_INJECTIONS, DECODE_MODES, LOG_FORMATS, MMD_PLACEMENTS, OUTPUT_ACTIVATIONS,
+                     PRECISIONS, PRESETS, RECONSTRUCTION_LOSSES, RESIDUAL_SCALES, STRATEGIES, RunOptions,
+                     TrainSettings)
 from .errors import TrvaeError
-from .settings import PRESETS, TrainSettings
 
 D = TrainSettings()
 
@@ -37,11 +38,14 @@ def _int_list(ctx, param, value):
     return sizes
 
 
-def _invocation(ctx: click.Context) -> str:
-    """The command as it ran, every parameter spelled out (defaults included): reproducible."""
+def _invocation(ctx: click.Context, resolved: dict | None = None) -> str:
+    """The command as it ran, every parameter spelled out (defaults included): reproducible.
+    ``resolved``: the values the run actually used (settings filled in by a preset or the input)."""
     words = ctx.command_path.split()
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        if resolved is not None and param.name in resolved:
+            value = resolved[param.name]
         if isinstance(param, click.Argument):
             words.append(str(value))
             continue
@@ -55,14 +59,29 @@ def _invocation(ctx: click.Context) -> str:
             continue
         values = value if param.multiple else [value]
         for v in values:
-            if isinstance(v, tuple):
+            if isinstance(v, (tuple, list)):
                 v = ",".join(map(str, v))
             words += [param.opts[0], str(v)]
     return shlex.join(words)
 
 
 class TrvaeGroup(click.Group):
-    """Turns TrvaeError into one line on stderr and its exit code (2; 75 when interrupted), no traceback."""
+    """Turns TrvaeError into one line on stderr and its exit code (2; 75 when interrupted), no traceback;
+    click's own usage errors become the same one ``error:`` line (``--help`` shows the usage)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.Abort:
+            _err("error: aborted")
+            sys.exit(1)
+        except click.ClickException as exc:
+            _err(f"error: {exc.format_message()} (see --help)" if isinstance(exc, click.UsageError)
+                 else f"error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
@@ -86,6 +105,27 @@ def main():
     """
 
 
+def _given_settings(ctx: click.Context, opts: dict) -> dict:
+    """The settings the command line set explicitly (presets and input defaults fill the rest)."""
+    from click.core import ParameterSource
+
+    return {name: value for name, value in opts.items() if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+
+
+def _image_size(ctx, param, text):
+    """``28`` or ``64x48`` (H x W) -> (H, W)."""
+    if text is None:
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"must be H or HxW (integers), got {text!r}") from None
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise click.BadParameter(f"must be H or HxW (positive integers), got {text!r}")
+    return size * 2 if len(size) == 1 else size
+
+
 @main.command()
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("--condition", "--condition-key", "condition_key", default=None,
@@ -95,9 +135,9 @@ def main():
 @click.option("--exclude", multiple=True, metavar="CELLTYPE:CONDITION",
               help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample; "
                    "for images DOMAIN:CONDITION, e.g. 3:thick.")
-@click.option("--image-size", default=None, metavar="H[xW]",
+@click.option("--image-size", callback=_image_size, default=None, metavar="H[xW]",
               help="Images: read every image at this size (needed when sizes differ).")
-@click.option("--arch", type=click.Choice(["mlp", "conv", "unet"]), default=None,
+@click.option("--arch", type=click.Choice(ARCHS), default=D.arch,
               help="Network: mlp for cells; conv (Table 1) or unet (deeper, for 64x64 RGB) for images "
                    "[default: mlp for .h5ad, conv for image folders].")
 @click.option("--filters", callback=_int_list, default=",".join(map(str, D.filters)), show_default=True,
@@ -120,9 +160,9 @@ def main():
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="trvae", show_default=True,
               help="Starting settings: trvae; mmd-cvae / cvae (MMD on z / no MMD, all else equal); scgen "
               "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win.")
-@click.option("--mmd-on", type=click.Choice(["decoder", "latent", "none"]), default=D.mmd_on, show_default=True,
+@click.option("--mmd-on", type=click.Choice(MMD_PLACEMENTS), default=D.mmd_on, show_default=True,
               help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
-@click.option("--condition-injection", type=click.Choice(["first", "all"]), default=D.condition_injection,
+@click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
               show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
               "as in the paper; all = every decoder layer (past the MMD layer too).")
 @click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
@@ -130,19 +170,20 @@ def main():
 @click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight.")
 @click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight.")
 @click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight.")
-@click.option("--reconstruction", type=click.Choice(["mse", "sse"]), default=D.reconstruction, show_default=True)
+@click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,
+              show_default=True)
 @click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True,
               help="Hidden layer sizes of the encoder (the decoder mirrors them).")
 @click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True,
               help="Width of the MMD layer (first decoder layer) and last encoder layer.")
 @click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True)
-@click.option("--output-activation", type=click.Choice(["relu", "linear"]), default=D.output_activation,
+@click.option("--output-activation", type=click.Choice(OUTPUT_ACTIVATIONS), default=D.output_activation,
               show_default=True)
 @click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
               help="Equal share of every condition in each batch.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16", "mixed_float16"]), default=D.precision,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
               show_default=True, help="Keras dtype policy: mixed_* compute in 16 bits (GPU), keep weights and "
               "losses in float32.")
 @click.option("--jit/--no-jit", default=D.jit, show_default=True,
@@ -154,67 +195,25 @@ def main():
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Cap the CPU threads used.")
 @click.option("--backed", is_flag=True,
               help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
-@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="none",
               show_default=True, help="Data-parallel training with tf.distribute: mirrored = all local GPUs; "
               "multiworker = one process per node, cluster from TF_CONFIG or Slurm (only worker 0 writes OUT).")
-@click.option("--log-format", type=click.Choice(["auto", "rich", "text", "json"]), default="auto",
+@click.option("--log-format", type=click.Choice(LOG_FORMATS[:-1]), default="auto",
               show_default=True, help="Progress on stderr: auto = a progress bar on a terminal, JSON lines otherwise.")
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def train(ctx, data, condition_key, out, cell_type_key, exclude, layer, quiet, force, preset,
+def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, layer, quiet, force, preset,
           checkpoint_every, resume, threads, log_format, backed, strategy, **opts):
-    """Train trVAE on DATA (.h5ad) and write a model directory."""
-    from click.core import ParameterSource
-
+    """Train trVAE on DATA (.h5ad, or an image folder / CSV manifest) and write a model directory."""
     from . import api
 
-    for name, value in PRESETS[preset].items():   # the preset fills what the command line left at default
-        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
-            opts[name] = ctx.params[name] = value
-    image_input = Path(data).is_dir() or Path(data).suffix.lower() == ".csv"
-    arch = opts.pop("arch") or ("conv" if image_input else "mlp")
-    image_size = _image_size(opts.pop("image_size"))
-    settings = TrainSettings(arch=arch, **opts)
-    if image_input:
-        from . import images_api
-
-        if layer is not None or cell_type_key is not None or backed:
-            raise TrvaeError("--layer, --cell-type-key and --backed apply to .h5ad input, not to images")
-        path = images_api.train_images(
-            data, out, exclude=exclude, image_size=image_size, settings=settings, force=force,
-            progress="none" if quiet else log_format, command=_invocation(ctx), preset=preset,
-            checkpoint_every=checkpoint_every, resume=resume, threads=threads, strategy=strategy)
-        _report_model(path, quiet)
-        return
-    if arch != "mlp":
-        raise TrvaeError(f"--arch {arch} is for image input; cells use --arch mlp")
-    if condition_key is None:
-        raise TrvaeError("--condition-key is required for .h5ad input (the obs column of the conditions)")
-    path = api.train(
-        data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
-        settings=settings, force=force, progress="none" if quiet else log_format, command=_invocation(ctx),
-        preset=preset, checkpoint_every=checkpoint_every, resume=resume, threads=threads, backed=backed,
-        strategy=strategy,
-    )
-    _report_model(path, quiet)
-
-
-def _image_size(text):
-    """``28`` or ``64x48`` (H x W) -> (H, W)."""
-    if text is None:
-        return None
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        raise TrvaeError(f"--image-size must be H or HxW (integers), got {text!r}") from None
-    if len(size) not in (1, 2) or min(size) < 1:
-        raise TrvaeError(f"--image-size must be H or HxW (positive integers), got {text!r}")
-    return size * 2 if len(size) == 1 else size
-
-
-def _report_model(path, quiet: bool) -> None:
+    options = RunOptions(progress="none" if quiet else log_format, checkpoint_every=checkpoint_every,
+                         resume=resume, threads=threads, strategy=strategy, force=force,
+                         command=lambda settings: _invocation(ctx, settings.to_dict()))
+    path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
+                     backed=backed, image_size=image_size, settings=_given_settings(ctx, opts), preset=preset,
+                     options=options)
     if path is None:     # a multi-worker run's other workers: the chief wrote the model
         return
     if not quiet:
@@ -224,26 +223,27 @@ def _report_model(path, quiet: bool) -> None:
 
 @main.command()
 @click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
-@click.option("--data", default=None, help="Input .h5ad [default: the file the model was trained on].")
+@click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
 @click.option("--from", "source", required=True, help="Condition of the cells to transform.")
 @click.option("--to", "target", required=True, help="Condition to transform them to.")
-@click.option("--out", "-o", default=None, help="Output .h5ad [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad].")
+@click.option("--out", "-o", default=None,
+              help="Output .h5ad (images: a folder) [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad; images: "
+                   "MODEL/<FROM>_to_<TO>/<DOMAIN|all>/].")
 @click.option("--cell-type", default=None, help="Only transform cells of this cell type.")
 @click.option("--domain", default=None, help="Images: only transform this domain (e.g. the digit 3).")
 @click.option("--condition", "--condition-key", "condition_key", default=None,
               help="obs column of the condition in DATA [default: the model's].")
 @click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
-@click.option("--decode", type=click.Choice(DECODE_MODES), default=DECODE_MODES[0],
-              show_default=True,
+@click.option("--decode", type=click.Choice(DECODE_MODES), default=None,
               help="counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise; "
                    "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x). "
-                   "Given --seed, every mode is reproducible.")
-@click.option("--residual-scale", type=click.Choice(["auto", "counts", "log1p", "linear"]), default="auto",
+                   "Given --seed, every mode is reproducible. [default: counterfactual for cells, mean for images]")
+@click.option("--residual-scale", type=click.Choice(RESIDUAL_SCALES), default="auto",
               show_default=True,
               help="How --decode counterfactual applies the change: counts = move each cell's own counts "
                    "(recovered from log1p-normalised X) by a Poisson coupling, which keeps real zeros; log1p = add "
                    "it to the normalised counts (expm1, add, log1p); linear = add it to the data as they are; "
-                   "auto = counts where X holds them, else log1p.")
+                   "auto = counts where X holds them, else log1p (images: linear, clipped to [0, 1]).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random draws of --decode sample and --residual-scale counts.")
 @click.option("--draws", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
@@ -261,39 +261,22 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
     (PNG files mirroring the input tree, transformed.npz, trvae.json), and --decode mean
     is the default.
     """
+    from click.core import ParameterSource
+
     from . import api
-    from .images_api import model_input_kind
-
-    if model_input_kind(model_dir) == "images":
-        from .images_api import transform_images
-
-        if draws != 1:
-            raise TrvaeError("--draws applies to cells; image transforms write one image per source image")
-
-        src = ctx.get_parameter_source("decode")
-        from click.core import ParameterSource
-
-        pred = transform_images(
-            model_dir, data, source=source, target=target, out=out, domain=domain or cell_type,
-            decode="mean" if src == ParameterSource.DEFAULT else decode, seed=seed, force=force,
-            command=_invocation(ctx))
-        if not quiet:
-            _err(f"wrote {len(pred.images)} transformed images ({source} -> {target}) to {pred.path}")
-        click.echo(str(pred.path))
-        return
 
     pred = api.transform(
-        model_dir, data, source=source, target=target, out=out, cell_type=cell_type,
-        condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, residual_scale=residual_scale, seed=seed,
-        draws=draws, force=force, backed=backed,
-        command=_invocation(ctx),
+        model_dir, data, source=source, target=target, out=out, cell_type=cell_type, domain=domain,
+        condition_key=condition_key, cell_type_key=cell_type_key, decode=decode, residual_scale=residual_scale,
+        seed=seed, draws=draws, force=force, backed=backed, command=_invocation(ctx),
     )
     if not quiet:
-        if model_dir == "trvae_model":
-            _err("using default --model trvae_model")
+        if ctx.get_parameter_source("model_dir") == ParameterSource.DEFAULT:
+            _err(f"using default --model {model_dir}")
         for key, value in pred.defaults_used.items():
             _err(f"using default --{key} {value}")
-        _err(f"wrote {pred.adata.n_obs} predicted cells ({source} -> {target}) to {pred.path}")
+        what = "transformed images" if pred.images is not None else "predicted cells"
+        _err(f"wrote {pred.adata.n_obs} {what} ({source} -> {target}) to {pred.path}")
     click.echo(str(pred.path))
 
 
@@ -332,13 +315,14 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
 
     from . import evaluation as ev
     from . import report as rp
-    from .model_dir import check_writable_target
+    from .outputs import check_target
 
+    if json_out == "-" and csv_out == "-":
+        raise TrvaeError("--json - and --csv - both ask for stdout: write one of them to a file")
     outputs = {}
     for value, render in ((json_out, rp.report_json), (csv_out, rp.report_csv)):
         if value and value != "-":
-            check_writable_target(Path(value), force)
-            outputs[Path(value)] = render
+            outputs[check_target(value, force)] = render
     report = ev.evaluate(
         preds, real, labels=labels, condition_key=condition_key, source=source, target=target,
         cell_type_key=cell_type_key, cell_type=cell_type, layer=layer, n_degs=n_degs,
@@ -357,127 +341,17 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
         console.print(rp.rich_table(report))
         for name, why in report["skipped"].items():
             _err(f"note: no {name} row: {why}")
-    if json_out == "-":
-        click.echo(rp.report_json(report))
+    for value, render in ((json_out, rp.report_json), (csv_out, rp.report_csv)):
+        if value == "-":
+            text = render(report)
+            click.echo(text if text.endswith("\n") else text + "\n", nl=False)
     for path in outputs:
         click.echo(str(path))
 
 
-# --- plot ------------------------------------------------------------------------------------
+from .cli_plot import plot  # noqa: E402  (the plot group, in its own module)
 
-def _task_options(f):
-    """The options that say which real cells a prediction is scored against (default: its own record)."""
-    for opt in reversed([
-        click.option("--real", default=None, help="Real cells (.h5ad) [default: the prediction's data]."),
-        click.option("--condition", "--condition-key", "condition_key", default=None,
-                     help="obs column of the condition [default: the prediction's]."),
-        click.option("--from", "source", default=None, help="Source condition [default: the prediction's]."),
-        click.option("--to", "target", default=None, help="Target condition [default: the prediction's]."),
-        click.option("--cell-type-key", default=None, help="obs column of cell types [default: the prediction's]."),
-        click.option("--cell-type", default=None, help="Cell type [default: the prediction's]."),
-        click.option("--layer", default=None, help="Matrix of --real to use [default: the model's]."),
-    ]):
-        f = opt(f)
-    return f
-
-
-_out_option = click.option("--out", "-o", required=True, metavar="FILE.png|pdf|svg",
-                           help="Image to write; the format follows the extension.")
-_force_option = click.option("--force", is_flag=True, help="Overwrite an existing image.")
-
-
-@main.group()
-def plot():
-    """Draw the paper's figures (png, pdf or svg, from the --out extension)."""
-
-
-@plot.command("regression")
-@click.option("--pred", required=True, metavar="PRED.h5ad", help="Predicted cells.")
-@_task_options
-@click.option("--variance", is_flag=True, help="Per-gene variance instead of mean.")
-@click.option("--n-degs", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--n-label", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Label this many top DEGs.")
-@_out_option
-@_force_option
-def plot_regression(pred, out, force, **kw):
-    """Real vs predicted per-gene mean (or variance), fitted line, R² in the title (Fig. 5b-c)."""
-    from .plotting import plot_regression as run
-
-    run(pred, out, force=force, **kw)
-    click.echo(out)
-
-
-@plot.command("gene")
-@click.argument("gene")
-@click.option("--pred", "preds", multiple=True, required=True, metavar="PRED.h5ad", help="Repeatable.")
-@click.option("--label", "labels", multiple=True, help="Name of each --pred, in order.")
-@_task_options
-@_out_option
-@_force_option
-def plot_gene(gene, preds, labels, out, force, **kw):
-    """Violins of GENE in real source, real target and each prediction (Fig. 5d)."""
-    from .plotting import plot_gene as run
-
-    run(gene, preds, out, labels=labels, force=force, **kw)
-    click.echo(out)
-
-
-@plot.command("latent")
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
-@click.option("--data", default=None, help="Cells to embed [default: the model's training data].")
-@click.option("--color", "color", multiple=True, help="obs columns to colour by [default: condition, cell type].")
-@click.option("--max-cells", type=click.IntRange(min=3), default=None, help="Embed a random subset of this size.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@_out_option
-@_force_option
-def plot_latent(model_dir, data, color, max_cells, seed, out, force):
-    """UMAPs of the latent z and of the MMD layer, by condition and cell type (Fig. 2)."""
-    from .plotting import plot_latent as run
-
-    run(model_dir, out, data=data, color=color or None, max_cells=max_cells, seed=seed, force=force)
-    click.echo(out)
-
-
-@plot.command("images")
-@click.argument("pred_dir")
-@click.option("--truth", default=None, metavar="ROOT",
-              help="Folder holding each true target image at the transformed image's relative path "
-                   "(for sample_data/digits: that folder).")
-@click.option("--n", "n", type=click.IntRange(min=1), default=10, show_default=True, help="Images to show.")
-@_out_option
-@_force_option
-def plot_images(pred_dir, truth, n, out, force):
-    """Grid of source / transformed / true images from an image transform's PRED_DIR."""
-    from .plotting import plot_images as run
-
-    run(pred_dir, out, truth=truth, n=n, force=force)
-    click.echo(out)
-
-
-@plot.command("history")
-@click.argument("model_dir", default="trvae_model")
-@_out_option
-@_force_option
-def plot_history(model_dir, out, force):
-    """Loss curves per term of MODEL_DIR, training vs validation."""
-    from .plotting import plot_history as run
-
-    run(model_dir, out, force=force)
-    click.echo(out)
-
-
-@plot.command("compare")
-@click.argument("reports", nargs=-1, required=True, metavar="EVAL.json...")
-@click.option("--no-references", is_flag=True, help="Leave out the identity and mean-shift bars.")
-@_out_option
-@_force_option
-def plot_compare(reports, no_references, out, force):
-    """Bars of R² (mean ± sd) of every prediction in one or more evaluate --json files (Fig. 5e)."""
-    from .plotting import plot_compare as run
-
-    run(reports, out, references=not no_references, force=force)
-    click.echo(out)
+main.add_command(plot)
 
 
 if __name__ == "__main__":  # pragma: no cover

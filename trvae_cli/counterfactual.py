@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SCALES = ("counts", "log1p", "linear")
-#: ``trvae transform --residual-scale``: "auto" is counts when the data hold them, else log1p.
-RESIDUAL_SCALES = ("auto", *SCALES)
+from .config import RESIDUAL_SCALES
 
-#: ``trvae transform``'s decoding modes, the default first.
-DECODE_MODES = ("counterfactual", "mean", "sample")
+SCALES = RESIDUAL_SCALES[1:]   # counts, log1p, linear ("auto" is resolved by the caller)
 
 # expm1 of anything above this overflows float32 sums; log-normalised data never get near it.
 _MAX_LOG = 80.0

@@ -134,7 +134,7 @@ def _unique_labels(labels: list[str]) -> list[str]:
 
 def default_label(path: Path, info: dict) -> str:
     """The model directory's name for a trvae prediction (plus its decode mode unless the default), else the file name."""
-    from .counterfactual import DECODE_MODES
+    from .config import DECODE_MODES
 
     model = info.get("model")
     if model:
@@ -327,6 +327,11 @@ def evaluate(
     cell type, layer) fills the arguments left as ``None``. The report is what
     ``--json`` writes: settings, versions, the DEGs and, per prediction and reference,
     every figure (R² as ``{"mean", "sd", "full", "n_subsamples"}``).
+
+    Examples
+    --------
+    >>> report = evaluate(["nk_model/control_to_stimulated_NK.h5ad"], n_subsamples=20)   # doctest: +SKIP
+    >>> report["results"][-1]["metrics"]["r2_mean_degs"]["mean"]                         # doctest: +SKIP
     """
     if n_subsamples < 1:
         raise TrvaeError(f"--n-subsamples must be >= 1, got {n_subsamples}")

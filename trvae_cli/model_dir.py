@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import TrvaeError
+from .outputs import staged
 
 FORMAT = "trvae-model"
 FORMAT_VERSION = 1
@@ -26,33 +25,13 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 
 
-def check_writable_target(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise TrvaeError(f"output exists: {path} (use --force to overwrite)")
-
-
-def staging_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-
-
-def publish_dir(staged: Path, final: Path) -> None:
-    """Move a finished staging directory into place (replacing ``final``)."""
-    if final.exists():
-        backup = final.with_name(f".{final.name}.old")
-        _remove(backup)
-        final.rename(backup)
-        staged.rename(final)
-        _remove(backup)
-    else:
-        staged.rename(final)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def write_model_dir(out: Path, model, config: dict, history: list[dict]) -> Path:
+    """Write ``model.keras``, ``config.json`` and ``history.csv`` into ``out``, atomically."""
+    with staged(out, directory=True) as tmp:
+        model.save(tmp / MODEL_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        write_history(tmp / HISTORY_FILE, history)
+    return Path(out)
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -65,20 +64,10 @@ def report_csv(report: dict) -> str:
 
 
 def write_texts(files: dict[Path, str]) -> None:
-    """Write every file or none: each to a temporary name first, then all renamed."""
-    staged = []
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            tmp.write_text(text)
-            staged.append((tmp, path))
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
+    """Write every file or none (:func:`trvae_cli.outputs.write_files`)."""
+    from .outputs import write_files
+
+    write_files({Path(path): (lambda tmp, text=text: tmp.write_text(text)) for path, text in files.items()})
 
 
 def _fmt(v, digits=3) -> str:

@@ -40,7 +40,9 @@ class ImageSet:
     (to mirror the input tree on output); ``conditions``: one label per file;
     ``domains``: one label per file, or None when the input has no domain level;
     ``image_size``: (height, width) every image is read at; ``channels``: 1 or 3.
-    Rows are sorted by (condition, domain, relpath).
+    Rows are sorted by (condition, domain, relpath). Images given as arrays
+    (:func:`images_from_arrays`) have ``arrays`` set, no files and relpaths
+    ``<condition>/[<domain>/]<i>.png``.
     """
 
     paths: list[Path]
@@ -49,7 +51,8 @@ class ImageSet:
     relpaths: list[Path]
     image_size: tuple[int, int]
     channels: int
-    root: Path
+    root: Path | None
+    arrays: np.ndarray | None = None   # (n, H, W, C) in [0, 1] when the images are in memory
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -233,6 +236,28 @@ def scan_images(source, image_size=None, channels: int | None = None) -> ImageSe
                     image_size=size, channels=channels, root=root)
 
 
+def images_from_arrays(images, conditions, domains=None) -> ImageSet:
+    """An :class:`ImageSet` of in-memory images: (n, H, W) or (n, H, W, C) with C 1 or 3, values in [0, 1]."""
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) == 0:
+        raise TrvaeError(f"images must be an array (n, H, W) or (n, H, W, 1 or 3), got shape {arr.shape}")
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        raise TrvaeError("image values must be finite and in [0, 1]")
+    conditions = np.asarray(conditions, dtype=str)
+    domains = None if domains is None else np.asarray(domains, dtype=str)
+    for name, labels in (("conditions", conditions), ("domains", domains)):
+        if labels is not None and labels.shape != (len(arr),):
+            raise TrvaeError(f"{name} must hold one label per image ({len(arr)}), got shape {labels.shape}")
+    order = np.lexsort((np.arange(len(arr)), domains if domains is not None else np.zeros(len(arr)), conditions))
+    rel = [Path(conditions[i], *( [domains[i]] if domains is not None else []), f"{i}.png") for i in order]
+    return ImageSet(paths=[Path(p) for p in rel], conditions=conditions[order],
+                    domains=None if domains is None else domains[order], relpaths=rel,
+                    image_size=(int(arr.shape[1]), int(arr.shape[2])), channels=int(arr.shape[3]), root=None,
+                    arrays=np.ascontiguousarray(arr[order]))
+
+
 def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """One image as float32 (H, W, C) in [0, 1] (alpha is dropped)."""
     from PIL import Image, UnidentifiedImageError
@@ -274,6 +299,8 @@ def load_images(image_set: ImageSet, indices) -> np.ndarray:
     n = len(image_set)
     if indices.size and (indices.min() < -n or indices.max() >= n):
         raise IndexError(f"image index out of range for {n} images")
+    if image_set.arrays is not None:
+        return image_set.arrays[indices]
     out = np.empty((len(indices), *image_set.shape), dtype=np.float32)
     for k, i in enumerate(indices):
         out[k] = read_image(image_set.paths[i], image_set.image_size, image_set.channels)

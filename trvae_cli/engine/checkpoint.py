@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -34,7 +32,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .errors import TrvaeError
+from ..errors import TrvaeError
+from ..outputs import staged
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -156,22 +155,12 @@ class Checkpointer(keras.callbacks.Callback):
 
 
 def write_checkpoint(directory: Path, snapshot: dict) -> Path:
+    """Write ``snapshot`` as ``directory`` (staged, fsynced, then swapped in: a kill mid-write keeps
+    the previous checkpoint)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    np.savez(tmp / ARRAYS_FILE, **snapshot["arrays"])
-    (tmp / STATE_FILE).write_text(json.dumps(snapshot["state"], indent=1))
-    for f in (tmp / ARRAYS_FILE, tmp / STATE_FILE):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged(directory, directory=True, durable=True) as tmp:
+        np.savez(tmp / ARRAYS_FILE, **snapshot["arrays"])
+        (tmp / STATE_FILE).write_text(json.dumps(snapshot["state"], indent=1))
     return directory
 
 

@@ -23,6 +23,8 @@ works around: it all-reduces the first input batch to build the model symbolical
 fails on a ``PerReplica`` batch (keras-team/keras#20585; the model is built explicitly
 first here, so that step is skipped), and it reduces the scalar logs along an axis 0 they
 do not have (the steps return them with shape (1,) in multi-worker mode).
+:func:`prepare_model` installs both work-arounds on the one model instance that trains under a
+strategy, so the model class itself knows nothing of tf.distribute.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .errors import TrvaeError
+from ..config import STRATEGIES
+from ..errors import TrvaeError
 
-STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 @dataclass
@@ -86,7 +88,7 @@ def make_distribution(name: str) -> Distribution:
         raise TrvaeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     if name == "none":
         return Distribution()
-    from .backend import keras_module
+    from ..backend import keras_module
 
     keras = keras_module()
     if keras.backend.backend() != "tensorflow":
@@ -119,12 +121,39 @@ def in_multi_worker_mode() -> bool:
     return bool(check()) if callable(check) else False
 
 
-def replicas_in_sync() -> int:
-    """Replicas the current step's gradients are summed over (1 outside tf.distribute)."""
-    import keras
+def prepare_model(model, dist: Distribution, example_shape: tuple) -> None:
+    """Ready ``model`` (compiled, inside ``dist.scope()``) to train under ``dist``'s strategy.
 
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
+    Sets the replica count its loss divides by, builds the model and its optimizer explicitly
+    (so Keras skips its symbolic build), and wraps the train and test steps so that scalar logs
+    get the axis Keras 3.15 reduces over in multi-worker mode. Nothing happens without a strategy.
+    """
+    if dist.strategy is None:
+        return
+    import types
 
-    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+    import numpy as np
+    from keras import ops
+
+    model.replicas = dist.replicas
+    model((np.zeros((2, *example_shape), np.float32), np.zeros(2, np.int32)), training=False)
+    model.optimizer.build(model.trainable_variables)
+    cls = type(model)
+
+    def replica_logs(logs: dict) -> dict:
+        if not in_multi_worker_mode():
+            return logs
+        return {k: ops.reshape(v, (1,)) if len(v.shape) == 0 else v for k, v in logs.items()}
+
+    def fully_built(self) -> bool:
+        return all(layer.built for layer in self._flatten_layers()) and (
+            self.optimizer is None or self.optimizer.built)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if fully_built(self):
+            return None
+        return cls._maybe_symbolic_build(self, iterator=iterator, data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    model.train_step = types.MethodType(lambda self, data: replica_logs(cls.train_step(self, data)), model)
+    model.test_step = types.MethodType(lambda self, data: replica_logs(cls.test_step(self, data)), model)

@@ -1,7 +1,6 @@
-"""Keras plumbing for training: the batch feeder, KL warm-up and progress reporting.
+"""Progress on stderr: a rich bar (terminal, notebook), a line per epoch (text) or JSON lines.
 
-Imports Keras (and so the backend); only the commands that train or predict
-import this module.
+``auto`` picks the bar on a terminal or in a Jupyter kernel and JSON lines otherwise (batch logs).
 """
 
 from __future__ import annotations
@@ -10,157 +9,60 @@ import json
 import math
 import sys
 import time
+from typing import Callable
 
 import keras
 import numpy as np
-import scipy.sparse as sp
-
-from .data.batching import BalancedSampler, dense_rows, replica_order
 
 
-def training_batch(x: np.ndarray, labels: np.ndarray, replicas: int = 1):
-    """The ``((x, condition), x)`` tuple Keras trains on, its rows dealt to ``replicas``
-    slices with every condition in each (:func:`~trvae_cli.data.batching.replica_order`)."""
-    labels = np.asarray(labels, dtype=np.int32)
-    if replicas > 1:
-        order = replica_order(labels, replicas)
-        x, labels = x[order], labels[order]
-    return (x, labels), x
+def in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session, where stderr is not a terminal but shows a bar."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:  # pragma: no cover
+        return False
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
-class CellBatches(keras.utils.PyDataset):
-    """Feeds ``((x, condition), x)`` batches, densifying one batch at a time.
-
-    Each epoch's batches are drawn in ``on_epoch_begin``, once per epoch, so the sampler's
-    random state after epoch k decides epoch k + 1 alone (what a checkpoint saves). Keras
-    also calls ``on_epoch_end`` when ``fit`` starts; nothing happens there.
-    ``fixed=True`` replays the same batches every epoch (for validation).
-    """
-
-    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, balanced=True, replicas=1):
-        super().__init__(workers=1, use_multiprocessing=False)
-        self.matrix = matrix
-        self.replicas = int(replicas)
-        self.rows = np.asarray(rows)
-        self.labels = np.asarray(labels, dtype=np.int32)
-        self.seed = seed
-        self.fixed = fixed
-        self.balanced = balanced
-        self.batch_size = batch_size
-        self._new_sampler()
-        self._batches = self.sampler.epoch()
-
-    def _new_sampler(self):
-        self.sampler = BalancedSampler(self.labels, self.batch_size, self.seed, self.balanced)
-
-    def __len__(self):
-        return self.sampler.n_batches
-
-    def __getitem__(self, i):
-        local = self._batches[i]
-        return training_batch(self._read(local), self.labels[local], self.replicas)
-
-    def _read(self, local):
-        """The batch's data, dense float32 (one batch at a time)."""
-        return dense_rows(self.matrix, self.rows[local])
-
-    def on_epoch_begin(self):
-        if self.fixed:
-            self._new_sampler()
-        self._batches = self.sampler.epoch()
+def resolve_progress(progress: str) -> str:
+    """``auto`` -> ``rich`` (terminal or notebook) or ``json``; ``plain`` -> ``text``."""
+    if progress == "plain":
+        return "text"
+    if progress == "auto":
+        return "rich" if sys.stderr.isatty() or in_notebook() else "json"
+    return progress
 
 
-class BackedBatches(keras.utils.PyDataset):
-    """Out-of-core twin of :class:`CellBatches`: reads pools of row blocks from disk as needed.
+def event_logger(progress: str) -> Callable[..., None]:
+    """``log(event, **fields)``: a JSON line (json) or a short text line (text, rich) on stderr."""
+    mode = resolve_progress(progress)
 
-    The plan (:class:`~trvae_cli.data.backed.ChunkPlan`) is drawn in ``on_epoch_begin``,
-    like :class:`CellBatches`; at most two pools of blocks are held, sparse, and one batch
-    is densified at a time.
-    """
+    def log(event: str, **fields) -> None:
+        if mode == "json":
+            print(json_line({"event": event, **fields}), file=sys.stderr, flush=True)
+        elif mode in ("text", "rich") and event == "checkpoint":
+            print(f"checkpoint after epoch {fields['epoch']}: {fields['path']}", file=sys.stderr, flush=True)
 
-    def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, block_rows=4096, pool_blocks=8,
-                 replicas=1):
-        super().__init__(workers=1, use_multiprocessing=False)
-        from .data.backed import ChunkPlan
-
-        self.matrix = matrix
-        self.replicas = int(replicas)
-        self.fixed = fixed
-        self.plan = ChunkPlan(rows, labels, batch_size, block_rows, pool_blocks, seed, fixed)
-        self.sampler = self.plan            # what a checkpoint saves: .rng
-        self._cache: dict = {}
-        self._batches = self.plan.epoch()
-
-    def __len__(self):
-        return self.plan.n_batches
-
-    def _pool(self, p: int):
-        if p not in self._cache:
-            if len(self._cache) >= 2:
-                self._cache.pop(min(self._cache))
-            br = self.plan.block_rows
-            blocks = sorted(int(b) for b in self.plan.pool_blocks_of[p])
-            parts = [self.matrix.block(b * br, min((b + 1) * br, self.matrix.shape[0])) for b in blocks]
-            starts = np.concatenate([np.arange(b * br, b * br + part.shape[0]) for b, part in zip(blocks, parts)])
-            stacked = sp.vstack(parts, format="csr") if sp.issparse(parts[0]) else np.concatenate(parts)
-            self._cache[p] = (starts, stacked)
-        return self._cache[p]
-
-    def __getitem__(self, i):
-        pools, positions = self._batches[i]
-        order = np.argsort(positions, kind="stable")      # rows sorted within the batch, as in memory
-        pools, positions = pools[order], positions[order]
-        xs = []
-        for p in np.unique(pools):
-            starts, stacked = self._pool(int(p))
-            sel = positions[pools == p]
-            local = np.searchsorted(starts, self.plan.rows[sel])
-            xs.append(dense_rows(stacked, local))
-        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-        labels = np.concatenate([self.plan.labels[positions[pools == p]] for p in np.unique(pools)])
-        return training_batch(x, labels, self.replicas)
-
-    def on_epoch_begin(self):
-        self._cache.clear()
-        self._batches = self.plan.epoch()
+    return log
 
 
-class ImageBatches(CellBatches):
-    """Feeds ``((images, condition), images)`` batches read from disk one batch at a time
-    (:func:`~trvae_cli.data.images.load_images`), drawn like :class:`CellBatches`."""
+def progress_callback(progress: str, epochs: int, console=None, initial_epoch: int = 0):
+    """The Keras callback that shows progress in ``progress`` mode (None for ``none``)."""
+    mode = resolve_progress(progress)
+    if mode == "rich":
+        if console is None:
+            from ..console import stderr_console
 
-    def __init__(self, image_set, items, labels, batch_size, seed=0, fixed=False, balanced=True, replicas=1):
-        self.image_set = image_set
-        super().__init__(None, items, labels, batch_size, seed, fixed, balanced, replicas)
-
-    def _read(self, local):
-        from .data.images import load_images
-
-        return load_images(self.image_set, self.rows[local])
-
-
-class KLWarmup(keras.callbacks.Callback):
-    """Ramps the model's ``kl_factor`` linearly from 0 to 1 over ``epochs`` epochs."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = int(epochs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        factor = 1.0 if self.epochs <= 0 else min(1.0, epoch / self.epochs)
-        self.model.kl_factor.assign(factor)
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds ``seconds`` and ``learning_rate`` to every epoch's logs (and so to history.csv)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - self._t0
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            console = stderr_console()
+        return RichProgress(epochs, console, initial_epoch)
+    if mode == "text":
+        return PlainProgress(epochs)
+    if mode == "json":
+        return JsonProgress(epochs, initial_epoch)
+    return None
 
 
 def _fmt(logs, keys, short=False):

@@ -33,15 +33,14 @@ import math
 import keras
 from keras import layers
 
-ARCHS = ("mlp", "conv", "unet")
+from .blocks import batch_norm, dense_block
+
 CONDITION_EMBEDDING = 128
 
 
 def _conv_block(h, filters, name, transpose, deep, sync_bn):
     """Conv (or transposed conv) 3x3 stride 2 -> BN -> LeakyReLU; ``deep`` adds a residual
     3x3 convolution at the new resolution."""
-    from .trvae import batch_norm
-
     Conv = layers.Conv2DTranspose if transpose else layers.Conv2D
     h = Conv(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(h)
     h = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(batch_norm(h, f"{name}_bn", sync_bn))
@@ -62,8 +61,6 @@ def check_image_shape(image_shape, filters) -> None:
 
 def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, dropout, seed, conditional,
                        sync_bn, deep):
-    from .trvae import _block
-
     check_image_shape(image_shape, filters)
     height, width, channels = image_shape
     x = keras.Input(tuple(image_shape), name="x")
@@ -77,7 +74,7 @@ def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
     for i, f in enumerate(filters):
         h = _conv_block(h, f, f"encoder_conv{i}", False, deep, sync_bn)
     h = layers.Flatten(name="encoder_flatten")(h)
-    _, h = _block(h, mmd_dim, dropout, "encoder_dense", None if seed is None else seed, sync_bn)
+    _, h = dense_block(h, mmd_dim, dropout, "encoder_dense", None if seed is None else seed, sync_bn)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(h)
     return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
@@ -85,8 +82,6 @@ def build_conv_encoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
 
 def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, dropout, seed, conditional,
                        sync_bn, deep, condition_injection="first"):
-    from .trvae import _block, batch_norm
-
     height, width, channels = image_shape
     factor = 2 ** len(filters)
     z = keras.Input((latent_dim,), name="z")
@@ -95,7 +90,7 @@ def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
     if conditional:
         e = layers.Dense(CONDITION_EMBEDDING, activation="relu", name="decoder_condition_embedding")(c)
         h = layers.Concatenate(name="decoder_input")([z, e])
-    mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", None if seed is None else seed + 100, sync_bn)
+    mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", None if seed is None else seed + 100, sync_bn)
     if conditional and condition_injection == "all":   # the condition again, past the MMD layer
         h = layers.Concatenate(name="decoder_project_input")([h, e])
     small = (height // factor, width // factor, filters[-1])

@@ -12,6 +12,12 @@ from keras import ops
 from .mmd import KERNEL_SCALES, pairwise_condition_mmd
 
 
+def reparameterise(z_mean, z_log_var, eps, xp=ops):
+    """z = mu + exp(log_var / 2) * eps, in the array namespace ``xp`` (``keras.ops`` in the
+    model, ``numpy`` when inference draws eps from a NumPy generator)."""
+    return z_mean + xp.exp(0.5 * z_log_var) * eps
+
+
 @keras.saving.register_keras_serializable(package="trvae")
 class Sampling(keras.layers.Layer):
     """Draws z = mu + exp(log_var / 2) * eps with its own seeded generator."""
@@ -24,7 +30,7 @@ class Sampling(keras.layers.Layer):
     def call(self, inputs):
         z_mean, z_log_var = inputs
         eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
-        return z_mean + ops.exp(0.5 * z_log_var) * eps
+        return reparameterise(z_mean, z_log_var, eps)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}

@@ -3,10 +3,10 @@
 ``mmd_on="decoder"`` is trVAE (MMD on the first decoder layer g1),
 ``mmd_on="latent"`` is the MMD-CVAE (MMD on z), ``mmd_on="none"`` the plain CVAE.
 ``conditional=False`` drops the condition from both networks: scGen's plain VAE, which
-transforms by latent arithmetic instead (see :func:`trvae_cli.api.latent_condition_means`).
+transforms by latent arithmetic instead (see :mod:`trvae_cli.arithmetic` and :mod:`trvae_cli.predict`).
 
 Network (seed section 3, Table 3; every size an option, defaults in
-:class:`~trvae_cli.settings.TrainSettings`)::
+:class:`~trvae_cli.config.ModelConfig`)::
 
     encoder f([x, onehot(s)]): hidden... -> mmd_dim -> (z_mean, z_log_var)   (latent_dim)
     decoder g1([z, onehot(s)]): mmd_dim                  <- the MMD layer
@@ -32,34 +32,17 @@ import functools
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-from ..settings import CONDITION_INJECTIONS, MMD_PLACEMENTS, MODEL_FIELDS, OUTPUT_ACTIVATIONS, RECONSTRUCTION_LOSSES, TrainSettings
-from .layers import MMDLoss, Sampling
-from .conv import ARCHS, build_conv_decoder, build_conv_encoder
+from ..config import ConfigError, ModelConfig
+from .blocks import dense_block
+from .conv import build_conv_decoder, build_conv_encoder
+from .layers import MMDLoss, Sampling, reparameterise
 from .losses import kl_divergence, reconstruction_loss
-from ..distribute import in_multi_worker_mode, replicas_in_sync
 
-_D = TrainSettings()  # the tool's measured defaults (see the README), one source of truth
-#: BatchNorm's moving-statistics momentum. Keras' 0.99 needs a few hundred steps to forget its
-#: initial values; small data sets at batch 512 take 3-4 steps an epoch, so validation (which uses
-#: the moving statistics) lagged far behind training and early stopping fired on that lag.
-BN_MOMENTUM = 0.9
-
-
-def batch_norm(h, name, sync_bn=False):
-    """BatchNorm with the model's momentum; ``sync_bn``: statistics over all replicas (tf.distribute)."""
-    options = {"synchronized": True} if sync_bn else {}
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name, **options)(h)
-
-
-def _block(h, units, dropout, name, seed, sync_bn=False):
-    """Dense(no bias) -> BN -> LeakyReLU; returns (pre-dropout, post-dropout)."""
-    h = layers.Dense(units, use_bias=False, name=f"{name}_dense")(h)
-    h = batch_norm(h, f"{name}_bn", sync_bn)
-    act = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(h)
-    out = layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
-    return act, out
+_D = ModelConfig()  # the tool's measured defaults (see the README), one source of truth
+MODEL_FIELDS = tuple(ModelConfig.__dataclass_fields__)
 
 
 def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed, conditional=True,
@@ -68,7 +51,7 @@ def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, s
     c = keras.Input((n_conditions,), name="condition")   # unused when not conditional (same interface)
     h = layers.Concatenate(name="encoder_input")([x, c]) if conditional else x
     for i, units in enumerate((*hidden, mmd_dim)):
-        _, h = _block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i, sync_bn)
+        _, h = dense_block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i, sync_bn)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(h)
     return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
@@ -80,23 +63,16 @@ def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, o
     c = keras.Input((n_conditions,), name="condition")
     h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
-    mmd_act, h = _block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn)
+    mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn)
     reinject = conditional and condition_injection == "all"
     for i, units in enumerate(reversed(hidden)):
         if reinject:
             h = layers.Concatenate(name=f"decoder_{i}_input")([h, c])
-        _, h = _block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn)
+        _, h = dense_block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn)
     if reinject:
         h = layers.Concatenate(name="reconstruction_input")([h, c])
     x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
     return keras.Model([z, c], [x_hat, mmd_act], name="decoder")
-
-
-def _replica_logs(logs: dict) -> dict:
-    """Keras 3.15 reduces multi-worker logs with ``axis=0``: give the scalars that axis."""
-    if not in_multi_worker_mode():
-        return logs
-    return {k: ops.reshape(v, (1,)) if len(v.shape) == 0 else v for k, v in logs.items()}
 
 
 @keras.saving.register_keras_serializable(package="trvae")
@@ -137,18 +113,12 @@ class TRVAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mmd_on not in MMD_PLACEMENTS:
-            raise ValueError(f"mmd_on must be one of {MMD_PLACEMENTS}, got {mmd_on!r}")
-        if reconstruction not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"reconstruction must be one of {RECONSTRUCTION_LOSSES}")
-        if output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}")
-        if condition_injection not in CONDITION_INJECTIONS:
-            raise ValueError(f"condition_injection must be one of {CONDITION_INJECTIONS}, got {condition_injection!r}")
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        ModelConfig(hidden=tuple(hidden), mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
+                    output_activation=output_activation, mmd_on=mmd_on, conditional=conditional, alpha=alpha,
+                    beta=beta, eta=eta, reconstruction=reconstruction, seed=0 if seed is None else seed, arch=arch,
+                    filters=tuple(filters), condition_injection=condition_injection).validate()
         if (arch == "mlp") != (image_shape is None):
-            raise ValueError("image_shape (H, W, C) is required by the image architectures and only by them")
+            raise ConfigError("image_shape (H, W, C) is required by the image architectures and only by them")
         self.arch = arch
         self.filters = tuple(int(f) for f in filters)
         self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
@@ -188,6 +158,8 @@ class TRVAE(keras.Model):
         self.kl_factor = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="kl_factor"
         )
+        #: replicas a step's gradients are summed over; set by the distribution module (1 otherwise)
+        self.replicas = 1
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.mmd_tracker = keras.metrics.Mean(name="mmd")
@@ -209,6 +181,30 @@ class TRVAE(keras.Model):
             z = self.mmd_loss([z, c])
         return {"x_hat": x_hat, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "mmd_layer": g1}
 
+    # -- inference (NumPy in, NumPy out; one batch per call) -----------------------
+    def _onehot_rows(self, condition, n: int) -> np.ndarray:
+        codes = np.broadcast_to(np.asarray(condition, dtype=np.int32), (n,))
+        return np.asarray(ops.convert_to_numpy(self.onehot(codes)), np.float32)
+
+    def encode(self, x, condition):
+        """(z_mean, z_log_var) of the rows of ``x``, each with its condition code (an int or one per row)."""
+        x = np.asarray(x, np.float32)
+        z_mean, z_log_var = self.encoder.predict_on_batch([x, self._onehot_rows(condition, len(x))])
+        return np.asarray(z_mean, np.float32), np.asarray(z_log_var, np.float32)
+
+    def decode(self, z, condition):
+        """(x_hat, g1): the decoded rows of ``z`` and the MMD layer's activations, under ``condition``."""
+        z = np.asarray(z, np.float32)
+        x_hat, g1 = self.decoder.predict_on_batch([z, self._onehot_rows(condition, len(z))])
+        return np.asarray(x_hat, np.float32), np.asarray(g1, np.float32)
+
+    @staticmethod
+    def sample_latent(z_mean, z_log_var, rng: np.random.Generator) -> np.ndarray:
+        """One draw of q(z|x) per row, eps from the NumPy generator ``rng`` (what :class:`Sampling` does
+        in training, reproducible from a seed at inference)."""
+        eps = rng.standard_normal(z_mean.shape).astype(np.float32)
+        return reparameterise(z_mean, z_log_var, eps, np)
+
     def build(self, input_shape=None):
         # Sub-networks are functional and already built in __init__.
         self.built = True
@@ -224,29 +220,9 @@ class TRVAE(keras.Model):
         self.reconstruction_tracker.update_state(recon)
         self.kl_tracker.update_state(kl)
         self.mmd_tracker.update_state(weighted_mmd / self.beta if self.beta > 0 else weighted_mmd)
-        replicas = replicas_in_sync()
-        if replicas > 1:   # tf.distribute sums the replicas' gradients: each contributes its share
-            total = total / float(replicas)
+        if self.replicas > 1:   # tf.distribute sums the replicas' gradients: each contributes its share
+            total = total / float(self.replicas)
         return total
-
-    # -- tf.distribute (see trvae_cli.distribute) ------------------------------------
-    if keras.backend.backend() == "tensorflow":
-        def _fully_built(self) -> bool:
-            return all(layer.built for layer in self._flatten_layers()) and (
-                self.optimizer is None or self.optimizer.built)
-
-        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-            # Keras 3.15 all-reduces a PerReplica input batch here, which fails under
-            # MultiWorkerMirroredStrategy; a model built beforehand has nothing to build.
-            if self._fully_built():
-                return None
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-        def train_step(self, data):
-            return _replica_logs(super().train_step(data))
-
-        def test_step(self, data):
-            return _replica_logs(super().test_step(data))
 
     # -- serialisation -------------------------------------------------------------
     def get_config(self):

@@ -30,11 +30,10 @@ from .figures import (
 def _check_out(out, force: bool) -> Path | None:
     if out is None:
         return None
-    out = Path(out)
+    from ..outputs import check_target
+
     figure_format(out)
-    if out.exists() and not force:
-        raise TrvaeError(f"output exists: {out} (use --force to overwrite)")
-    return out
+    return check_target(out, force)
 
 
 def _finish(fig, out: Path | None):
@@ -54,6 +53,10 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
 
     ``task``: ``real``, ``condition_key``, ``source``, ``target``, ``cell_type_key``,
     ``cell_type``, ``layer`` (each defaults to what the prediction records).
+
+    Examples
+    --------
+    >>> fig = plot_regression("nk_model/control_to_stimulated_NK.h5ad", variance=True)  # doctest: +SKIP
     """
     out = _check_out(out, force)
     prep = prepare([pred], n_degs=n_degs, references=False, **task)
@@ -74,7 +77,12 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
 
 def plot_gene(gene: str, preds: Sequence[str | Path], out: str | Path | None = None, *, labels: Sequence[str] = (),
               force: bool = False, **task):
-    """Violins of one gene in the real source cells, the real target cells and each prediction."""
+    """Violins of one gene in the real source cells, the real target cells and each prediction.
+
+    Examples
+    --------
+    >>> fig = plot_gene("ISG15", ["nk_model/control_to_stimulated_NK.h5ad"], out="isg15.png")  # doctest: +SKIP
+    """
     out = _check_out(out, force)
     prep = prepare(preds, labels=labels, references=False, **task)
     if gene not in prep.genes:
@@ -114,6 +122,10 @@ def plot_latent(model_dir: str | Path, out: str | Path | None = None, *, data: s
 
     One row per space, one column per ``color`` key (default: the model's condition key and,
     when it has one, its cell-type key).
+
+    Examples
+    --------
+    >>> fig = plot_latent("nk_model", max_cells=2000)                                  # doctest: +SKIP
     """
     from ..api import embed
 
@@ -141,7 +153,12 @@ HISTORY_TERMS = ("loss", "reconstruction", "kl", "mmd")
 
 
 def plot_history(model_dir: str | Path, out: str | Path | None = None, *, force: bool = False):
-    """Loss curves of a trained model, one panel per term, training vs validation."""
+    """Loss curves of a trained model, one panel per term, training vs validation.
+
+    Examples
+    --------
+    >>> fig = plot_history("nk_model")                                                # doctest: +SKIP
+    """
     from ..model_dir import HISTORY_FILE, read_config
 
     out = _check_out(out, force)
@@ -188,6 +205,10 @@ def plot_compare(reports: Sequence[str | Path], out: str | Path | None = None, *
 
     References (identity, mean shift) are drawn once, hatched. Evaluations of different tasks
     (cell types, conditions) get the task in their labels.
+
+    Examples
+    --------
+    >>> fig = plot_compare(["nk_eval.json", "cd4t_eval.json"], out="compare.pdf")      # doctest: +SKIP
     """
     out = _check_out(out, force)
     if not reports:
@@ -223,9 +244,13 @@ def plot_images(pred_dir: str | Path, out: str | Path | None = None, *, truth: s
     ``pred_dir`` is what ``trvae transform`` wrote for images; ``truth`` is a folder in
     which the true target image of each source has the transformed image's relative path
     (for the sample digits: the data folder itself). ``n`` images, evenly spread.
+
+    Examples
+    --------
+    >>> fig = plot_images("thick_2s", truth="sample_data/digits", n=8)                  # doctest: +SKIP
     """
     from ..data.images import read_image
-    from ..images_api import ARRAYS_FILE, META_FILE
+    from ..sources.images import ARRAYS_FILE, META_FILE
 
     out = _check_out(out, force)
     pred_dir = Path(pred_dir)
@@ -244,11 +269,11 @@ def plot_images(pred_dir: str | Path, out: str | Path | None = None, *, truth: s
             raise TrvaeError(f"image not found: {path}")
         return read_image(path, size, channels)
 
-    rows = [(meta.get("source", "source"), np.stack([read(sources[i]) for i in pick])),
-            (f"→ {meta.get('target', 'target')}", images[pick])]
+    rows = [(meta.get("from", meta.get("source", "source")), np.stack([read(sources[i]) for i in pick])),
+            (f"→ {meta.get('to', meta.get('target', 'target'))}", images[pick])]
     if truth is not None:
         rows.append(("truth", np.stack([read(Path(truth) / relpaths[i]) for i in pick])))
-    title = f"{meta.get('source', '?')} → {meta.get('target', '?')}"
+    title = f"{meta.get('from', meta.get('source', '?'))} → {meta.get('to', meta.get('target', '?'))}"
     if meta.get("domain"):
         title += f", domain {meta['domain']}"
     fig = image_grid_figure(rows, titles=[Path(str(relpaths[i])).stem for i in pick], title=title)

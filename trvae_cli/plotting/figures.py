@@ -6,7 +6,6 @@ so they work headless and in notebooks alike; :func:`save_figure` writes one to 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,18 +28,14 @@ def figure_format(path: str | Path) -> str:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
-    """Write ``fig`` (format from the extension) via a temporary file: never half-written."""
+    """Write ``fig`` (format from the extension) through the staged writer: never half-written."""
+    from ..outputs import staged
+
     path = Path(path)
     fmt = figure_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with staged(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
                     metadata={"Software": "trvae"} if fmt == "png" else None)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

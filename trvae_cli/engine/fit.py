@@ -1,0 +1,218 @@
+"""Fit a TRVAE on any input: the one training loop of cells and images alike.
+
+:func:`fit` builds the model from the settings and what :class:`TrainingData` says of the input,
+trains it (validation split, early stopping, LR schedule, KL warm-up, checkpoints, ``--resume``,
+SIGTERM / SIGINT, ``tf.distribute`` strategies, progress) and returns a :class:`FitResult`; the
+caller decides what to record and :meth:`FitResult.save` writes the model directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..config import RunOptions, TrainSettings
+from ..errors import Interrupted, TrvaeError
+
+
+@dataclass
+class TrainingData:
+    """What :func:`fit` needs to know of the data, whatever its kind.
+
+    ``labels``: the condition code of every training item; ``make_batches(positions, seed, fixed,
+    replicas)`` returns the Keras ``PyDataset`` of the items at ``positions`` (indices into
+    ``labels``); ``model_args``: the input's shape arguments of the model (``n_genes`` or
+    ``image_shape``); ``example_shape``: one item's shape; ``meta``: what identifies the data for a
+    checkpoint (a resumed run must match it).
+    """
+
+    labels: np.ndarray
+    n_conditions: int
+    model_args: dict
+    example_shape: tuple
+    make_batches: Callable
+    meta: dict
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every weight of ``model`` (float32 bytes, in order): equal digests, equal models."""
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into ``labels``) of train and validation items, stratified by condition."""
+    if not 0.0 <= fraction < 1.0:
+        raise TrvaeError(f"--validation-fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        n_val = int(round(fraction * len(idx)))
+        if fraction > 0 and len(idx) > 1:
+            n_val = max(1, min(n_val, len(idx) - 1))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+@dataclass
+class FitResult:
+    """A trained (unsaved) model and what its training did."""
+
+    model: object
+    settings: TrainSettings
+    distribution: object
+    history: list
+    early: object
+    monitor: str
+    seconds: float
+    n_train: int
+    n_validation: int
+    log: Callable
+
+    def result(self) -> dict:
+        """``config.json``'s ``result``: epochs run, the restored epoch, the best monitored loss, time, digest."""
+        early, rows = self.early, self.history
+        return {
+            "epochs_run": len(rows),
+            "best_epoch": int(early.best_epoch) + 1 if early.best_weights is not None else len(rows),
+            "best_" + self.monitor: float(early.best) if early.best_weights is not None else None,
+            "train_seconds": round(self.seconds, 2),
+            "weights_sha256": weights_digest(self.model),
+        }
+
+    def save(self, out: Path, config: dict) -> Path | None:
+        """Write the model directory atomically (the chief only; other workers return None)."""
+        from ..model_dir import write_model_dir
+
+        dist = self.distribution
+        self.log("result", weights_sha256=config["result"]["weights_sha256"], epochs_run=len(self.history),
+                 worker=dist.worker_index, written=dist.is_chief)
+        if not dist.is_chief:
+            return None
+        return write_model_dir(out, self.model, config, self.history)
+
+
+def _build(keras, data: TrainingData, s: TrainSettings, dist):
+    from ..model import TRVAE
+    from .distribute import prepare_model
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(s.precision)   # layers compute in 16 bits, variables and losses stay float32
+    try:
+        with dist.scope():
+            model = TRVAE(n_conditions=data.n_conditions, sync_batchnorm=dist.replicas > 1, **data.model_args,
+                          **s.model_kwargs())
+            optimizer = keras.optimizers.Adam(learning_rate=s.learning_rate)
+            if s.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer, jit_compile=bool(s.jit) and keras.backend.backend() != "torch")
+            prepare_model(model, dist, data.example_shape)   # built here, not by fit (see .distribute)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return model
+
+
+def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | None = None) -> FitResult:
+    """Build the model, train it (checkpoints, resume, signals, strategies) and return it unsaved."""
+    from ..backend import keras_module, seed_everything
+    from .callbacks import make_callbacks
+    from .checkpoint import (Checkpointer, StopOnSignals, TrainingInterrupted, check_same_run, checkpoint_path,
+                             read_checkpoint, restore_batches, restore_callbacks, restore_model)
+    from .distribute import make_distribution
+    from .progress import event_logger
+
+    o = options or RunOptions()
+    train_pos, val_pos = validation_split(data.labels, s.validation_fraction, s.seed)
+    keras = keras_module(threads=o.threads)
+    dist = make_distribution(o.strategy)       # before TensorFlow runs anything (multi-worker needs that)
+    if dist.replicas > 1 and s.jit and not dist.has_gpu:
+        o.warning("XLA cannot compile collective operations on the CPU: training without --jit")
+        s = dataclasses.replace(s, jit=False)
+    seed_everything(s.seed)
+    model = _build(keras, data, s, dist)
+
+    train_batches = data.make_batches(train_pos, s.seed, False, dist.replicas)
+    val_batches = None
+    monitor = "loss"
+    if len(val_pos):
+        val_batches = data.make_batches(val_pos, s.seed + 1, True, dist.replicas)
+        monitor = "val_loss"
+
+    # what a checkpoint must match to be resumed: the settings and the data as selected
+    run_meta = json.loads(json.dumps({
+        "settings": s.to_dict(), **data.meta, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
+        "distribution": dist.describe(),
+    }))
+    ckpt, initial_epoch, history_before = None, 0, []
+    if o.resume:
+        ckpt = read_checkpoint(out)
+        check_same_run(ckpt["state"]["meta"], run_meta)
+        model.optimizer.build(model.trainable_variables)
+        restore_model(ckpt, model)
+        restore_batches(ckpt, train_batches)
+        initial_epoch, history_before = ckpt["state"]["epochs_done"], ckpt["state"]["history"]
+
+    early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch)
+    log = event_logger(o.progress)
+    checkpointer = Checkpointer(
+        checkpoint_path(out), o.checkpoint_every if dist.is_chief else 0, train_batches, early, reduce_lr, run_meta,
+        history=history_before, restore=ckpt,
+        on_write=lambda epoch, path: log("checkpoint", epoch=epoch, path=str(path)),
+    )
+    callbacks.append(checkpointer)           # last: its snapshot sees the other callbacks' epoch
+    finished = ckpt is not None and (initial_epoch >= s.epochs or ckpt["state"]["early"]["stopped_epoch"] > 0)
+    t0 = time.perf_counter()
+    if not finished:
+        try:
+            # a multi-worker run cannot stop one worker mid-epoch without hanging the others:
+            # signals keep their default action there, and --checkpoint-every is the way to resume
+            with StopOnSignals(checkpointer) if dist.workers == 1 else nullcontext():
+                model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,
+                          callbacks=callbacks, verbose=0, shuffle=False)
+        except TrainingInterrupted as stop:
+            path = checkpointer.write()
+            done = checkpointer.snapshot["state"]["epochs_done"]
+            log("interrupted", signal=stop.signame, epochs_done=done, checkpoint=str(path))
+            raise Interrupted(f"{stop.signame}: stopped after epoch {done} of {s.epochs}; checkpoint in {path}; "
+                              f"continue with the same command plus --resume") from None
+    elif ckpt is not None:   # the checkpoint is of a finished run: what early stopping's end would do
+        restore_callbacks(ckpt, early, reduce_lr)
+        if early.best_weights is not None:
+            model.set_weights(early.best_weights)
+    seconds = time.perf_counter() - t0 + (ckpt["state"]["seconds"] if ckpt is not None else 0.0)
+    return FitResult(model, s, dist, checkpointer.history, early, monitor, seconds, int(len(train_pos)),
+                     int(len(val_pos)), log)
+
+
+def model_record(fit_result: FitResult, *, command: str, preset: str | None, data: dict) -> dict:
+    """The model directory's ``config.json`` (format, command, model, training, data set-up, result,
+    versions); the caller adds what belongs to its input (``var_names``, latent means)."""
+    from ..backend import versions
+    from ..model_dir import FORMAT, FORMAT_VERSION
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "model": fit_result.model.get_config(),
+        "preset": preset,
+        "training": fit_result.settings.to_dict(),
+        "data": data,
+        "distribution": fit_result.distribution.describe(),
+        "result": fit_result.result(),
+        "versions": versions(),
+    }

@@ -1,0 +1,251 @@
+"""Cells: an ``.h5ad`` file or an in-memory AnnData, its matrix in memory or read backed from disk."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..config import RESIDUAL_SCALES
+from ..data import anndata_io as io
+from ..data.batching import dense_rows, iter_row_chunks
+from ..errors import TrvaeError
+from ..outputs import staged
+from .base import DataSetup, Selection, safe_name
+
+
+def _min_value(matrix) -> float:
+    """Smallest entry of a dense or sparse matrix (implicit zeros included)."""
+    if getattr(matrix, "nnz", None) is not None:
+        data = matrix.data
+        low = float(data.min()) if data.size else 0.0
+        return min(low, 0.0) if matrix.nnz < matrix.shape[0] * matrix.shape[1] else low
+    return float(np.min(matrix)) if np.size(matrix) else 0.0
+
+
+class CellSource:
+    """Cells of an AnnData: obs for the labels, X (or a layer) for the values.
+
+    Open with :meth:`open`; ``backed=True`` (a path only) leaves the matrix on disk and reads it in
+    blocks of rows, so memory does not grow with the number of cells.
+    """
+
+    kind = "cells"
+    default_decode = "counterfactual"
+    residual_scales = RESIDUAL_SCALES
+    auto_residual = None   # what --residual-scale auto means (None: decided by the data)
+    value_range = None
+    input_defaults: dict = {}
+    batch_size = 1024
+
+    def __init__(self, adata, matrix, path: Path | None, layer: str | None, backed: bool):
+        self.adata, self.matrix, self.path, self.layer, self.backed = adata, matrix, path, layer, backed
+        self.columns: np.ndarray | None = None     # data columns in the model's gene order (None: the same)
+
+    @classmethod
+    def open(cls, data, layer: str | None = None, backed: bool = False) -> "CellSource":
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            if backed:
+                from ..data.backed import read_backed
+
+                adata, matrix = read_backed(path, layer)
+            else:
+                adata = io.read_h5ad(path)
+                matrix = io.get_matrix(adata, layer)
+            return cls(adata, matrix, path, layer, backed)
+        if not hasattr(data, "obs") or not hasattr(data, "var_names"):
+            raise TrvaeError(f"expected an .h5ad path or an AnnData, got {type(data).__name__}")
+        if backed:
+            raise TrvaeError("--backed reads a file from disk: pass the .h5ad path, not an AnnData")
+        return cls(data, io.get_matrix(data, layer), None, layer, False)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "the AnnData"
+
+    @property
+    def recorded_path(self) -> str | None:
+        return str(self.path.resolve()) if self.path is not None else None
+
+    def close(self) -> None:
+        if hasattr(self.matrix, "close"):
+            self.matrix.close()
+        if getattr(self.adata, "isbacked", False) and self.path is not None:
+            self.adata.file.close()
+
+    def _matrix_name(self) -> str:
+        return "X" if self.layer is None else f"layer {self.layer!r}"
+
+    # -- training --------------------------------------------------------------------------
+    def check_settings(self, s, warn):
+        """Cells train the dense network; ``--backed`` draws proportional batches (recorded as such)."""
+        if s.arch != "mlp":
+            raise TrvaeError(f"--arch {s.arch} is for image input; cells use --arch mlp")
+        if self.backed and s.balanced_batches:
+            warn("--backed draws each batch's conditions in proportion to the blocks it reads, not in equal "
+                 "shares: training with balanced_batches false (recorded so)")
+            s = dataclasses.replace(s, balanced_batches=False)
+        return s
+
+    def training(self, s, *, exclude=(), condition_key=None, cell_type_key=None, warn=None):
+        """(TrainingData, DataSetup, (rows, labels)) of the cells that train the model."""
+        from ..engine.fit import TrainingData
+
+        if condition_key is None:
+            raise TrvaeError("--condition is required for .h5ad input (the obs column of the conditions)")
+        adata, matrix = self.adata, self.matrix
+        selection = io.select_training_cells(adata, condition_key, cell_type_key, exclude)
+        rows = np.flatnonzero(selection.mask)
+        if self.backed:
+            from ..data.backed import check_finite_backed, first_values
+
+            check_finite_backed(matrix, self._matrix_name())
+            counts_like = io.looks_like_counts(first_values(matrix))
+        else:
+            io.check_finite(matrix[rows] if len(rows) < adata.n_obs else matrix, self._matrix_name())
+            counts_like = io.looks_like_counts(matrix)
+        if counts_like and warn is not None:
+            warn("the data look like raw counts (all integers, large values); trVAE's MSE loss expects "
+                 "log-normalised values: normalise and log1p first, or choose a matrix with --layer")
+        labels = selection.labels
+
+        def make_batches(positions, seed, fixed, replicas):
+            from .feeders import BackedBatches, CellBatches
+
+            if self.backed:
+                return BackedBatches(matrix, rows[positions], labels[positions], s.batch_size, seed=seed,
+                                     fixed=fixed, replicas=replicas)
+            return CellBatches(matrix, rows[positions], labels[positions], s.batch_size, seed=seed, fixed=fixed,
+                               balanced=s.balanced_batches, replicas=replicas)
+
+        meta = {"data": self.recorded_path, "shape": list(adata.shape), "condition_key": condition_key,
+                "conditions": selection.conditions, "cell_type_key": cell_type_key, "exclude": list(exclude),
+                "layer": self.layer, "backed": bool(self.backed)}
+        setup = DataSetup(kind=self.kind, conditions=selection.conditions, path=self.recorded_path,
+                          condition_key=condition_key, cell_type_key=cell_type_key, layer=self.layer,
+                          backed=bool(self.backed), var_names=[str(g) for g in adata.var_names],
+                          exclude=list(exclude), counts={"n_cells_excluded": selection.n_excluded})
+        data = TrainingData(labels=labels, n_conditions=len(selection.conditions),
+                            model_args={"n_genes": adata.n_vars}, example_shape=(adata.n_vars,),
+                            make_batches=make_batches, meta=meta)
+        return data, setup, rows
+
+    @staticmethod
+    def record_split(setup: DataSetup, n_train: int, n_validation: int) -> None:
+        setup.counts = {"n_cells_train": n_train, "n_cells_validation": n_validation, **setup.counts}
+
+    # -- inference -------------------------------------------------------------------------
+    def check_setup(self, setup: DataSetup) -> None:
+        """The model's genes must all be in the data (any order): names the missing ones."""
+        self.columns = io.gene_indexer(self.adata.var_names, setup.var_names)
+
+    def check_options(self, *, condition_key=None, cell_type_key=None, residual_scale="auto", draws=1) -> None:
+        """Every transform option applies to cells."""
+
+    def select(self, setup: DataSetup, condition: str, group: str | None, *, condition_key=None,
+               cell_type_key=None) -> Selection:
+        """The cells of ``condition`` (and of cell type ``group``), by the model's keys unless given."""
+        condition_key = condition_key or setup.condition_key
+        cell_type_key = cell_type_key or setup.cell_type_key
+        adata = self.adata
+        cond = io.require_obs_key(adata, condition_key, "condition")
+        io.require_values(cond, [condition], condition_key)
+        mask = cond.values == condition
+        if group is not None:
+            if not cell_type_key:
+                raise TrvaeError("--cell-type needs a cell-type key (train with --cell-type-key or pass "
+                                 "--cell-type-key)")
+            ct = io.require_obs_key(adata, cell_type_key, "cell-type")
+            io.require_values(ct, [group], cell_type_key)
+            mask &= ct.values == group
+            if not mask.any():
+                raise TrvaeError(f"no cells are both {condition_key}={condition!r} and {cell_type_key}={group!r}")
+        self._keys = (condition_key, cell_type_key)
+        return Selection(np.flatnonzero(mask), condition, group)
+
+    def known_rows(self, setup: DataSetup, condition_key=None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, condition codes) of every cell whose condition the model knows (for embedding)."""
+        condition_key = condition_key or setup.condition_key
+        cond = io.require_obs_key(self.adata, condition_key, "condition").values
+        known = np.isin(cond, setup.conditions)
+        if not known.any():
+            raise TrvaeError(f"no cell of {self.name} has a condition the model knows "
+                             f"({', '.join(setup.conditions)})")
+        rows = np.flatnonzero(known)
+        self._keys = (condition_key, setup.cell_type_key)
+        return rows, np.array([setup.code(c) for c in cond[rows]])
+
+    def _rows(self, rows: np.ndarray):
+        """The rows to read: a copy in memory, or a lazy view when backed."""
+        if self.backed:
+            from ..data.backed import RowsView
+
+            return RowsView(self.matrix, rows)
+        return self.matrix[rows]
+
+    def check_values(self, rows: np.ndarray, setup: DataSetup, nonnegative: bool) -> None:
+        """NaN / inf check (block by block when backed); optionally refuse negative values."""
+        sub = self._rows(rows)
+        blocks = sub.blocks() if hasattr(sub, "blocks") else [sub]
+        low = 0.0
+        for block in blocks:
+            io.check_finite(block, self._matrix_name())
+            if nonnegative:
+                low = min(low, _min_value(block))
+        if low < 0:
+            raise TrvaeError("the data have negative values, so they are not log1p-normalised: use "
+                             "--residual-scale linear (or --decode mean) for --decode counterfactual")
+
+    def blocks(self, rows: np.ndarray, batch_size: int | None = None) -> Iterator[np.ndarray]:
+        """Dense float32 blocks of ``rows``, columns in the model's gene order."""
+        sub = self._rows(rows)
+        for chunk in iter_row_chunks(len(rows), batch_size or self.batch_size):
+            yield dense_rows(sub, chunk, self.columns)
+
+    def groups_of(self, rows: np.ndarray, setup: DataSetup) -> np.ndarray | None:
+        """The cell type of each row (scGen's arithmetic weighs cell types equally), or None."""
+        if not setup.cell_type_key:
+            return None
+        return self.adata.obs[setup.cell_type_key].astype(str).values[rows]
+
+    def obs(self, rows: np.ndarray):
+        return self.adata.obs.iloc[rows].copy()
+
+    # -- predictions -----------------------------------------------------------------------
+    def prediction(self, arrays, selection: Selection, setup: DataSetup, target: str, record: dict):
+        """The predicted cells as an AnnData: obs of the source cells (one copy per draw), the
+        condition set to ``target``, z in ``obsm["X_trvae"]``, provenance in ``uns["trvae"]``."""
+        import anndata as ad
+        import pandas as pd
+
+        condition_key, cell_type_key = self._keys
+        n, draws = len(selection.rows), arrays.draws
+        obs = self.obs(selection.rows)
+        if draws > 1:   # draw-major: rows d * n ... (d + 1) * n - 1 are draw d of every cell
+            names = obs.index.astype(str)
+            obs = pd.concat([obs] * draws)
+            obs.index = pd.Index([f"{name}-{d}" for d in range(draws) for name in names])
+            obs["trvae_draw"] = np.repeat(np.arange(draws), n)
+        obs[condition_key] = pd.Categorical([target] * len(obs), categories=setup.conditions)
+        obs["trvae_source_condition"] = pd.Categorical([selection.condition] * len(obs), categories=setup.conditions)
+        pred = ad.AnnData(X=arrays.x, obs=obs, var=pd.DataFrame(index=pd.Index(setup.var_names, name=None)))
+        pred.obsm["X_trvae"] = arrays.z
+        pred.uns["trvae"] = {**record, "data": self.recorded_path or "", "condition_key": condition_key,
+                             "cell_type_key": cell_type_key or "", "cell_type": selection.group or "",
+                             "layer": setup.layer or "", "n_cells": int(n)}
+        return pred
+
+    def default_output(self, model_dir: Path, selection: Selection, target: str) -> Path:
+        name = f"{safe_name(selection.condition)}_to_{safe_name(target)}"
+        if selection.group is not None:
+            name += f"_{safe_name(selection.group)}"
+        return model_dir / f"{name}.h5ad"
+
+    @staticmethod
+    def write_prediction(pred, out: Path) -> Path:
+        with staged(out) as tmp:
+            pred.write_h5ad(tmp)
+        return out
