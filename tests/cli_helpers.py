@@ -28,3 +28,35 @@ def assert_user_error(result, *fragments):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def bar_images(n: int, seed: int = 0):
+    """(images, conditions, domains): 16 x 16 grey bars, the 'bold' ones three times as wide as the
+    'plain' ones; domain 'a' horizontal, 'b' vertical; ``n`` of each, in that order."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images, conditions, domains = [], [], []
+    for condition, width in (("plain", 1), ("bold", 3)):
+        for domain, horizontal in (("a", True), ("b", False)):
+            for _ in range(n):
+                img = np.zeros((16, 16), np.float32)
+                at = rng.integers(3, 10)
+                if horizontal:
+                    img[at:at + width, 2:14] = 1.0
+                else:
+                    img[2:14, at:at + width] = 1.0
+                images.append(img)
+                conditions.append(condition)
+                domains.append(domain)
+    return np.stack(images), np.array(conditions), np.array(domains)
+
+
+def write_bar_images(root, n: int):
+    """:func:`bar_images` as ROOT/<plain|bold>/<a|b>/<i>.png; returns ROOT."""
+    from trvae_cli.data.images import write_png
+
+    images, conditions, domains = bar_images(n)
+    for k, (img, condition, domain) in enumerate(zip(images, conditions, domains)):
+        write_png(img, root / condition / domain / f"{k % n:02d}.png")
+    return root

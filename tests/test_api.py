@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, bar_images, invoke
 from trvae_cli import api
 from trvae_cli.config import ConfigError, RunOptions, TrainSettings
 from trvae_cli.errors import TrvaeError
@@ -21,25 +21,6 @@ IMAGE_SMALL = {"epochs": 1, "filters": (8, 16), "mmd_dim": 16, "latent_dim": 4, 
 
 def _digest(model_dir):
     return json.loads((model_dir / "config.json").read_text())["result"]["weights_sha256"]
-
-
-def _bars(n=8, seed=0):
-    """(images, conditions, domains): 16 x 16 bars, 'bold' three times as wide, domains by orientation."""
-    rng = np.random.default_rng(seed)
-    images, conditions, domains = [], [], []
-    for condition, width in (("plain", 1), ("bold", 3)):
-        for domain, horizontal in (("a", True), ("b", False)):
-            for _ in range(n):
-                img = np.zeros((16, 16), np.float32)
-                at = rng.integers(3, 10)
-                if horizontal:
-                    img[at:at + width, 2:14] = 1.0
-                else:
-                    img[2:14, at:at + width] = 1.0
-                images.append(img)
-                conditions.append(condition)
-                domains.append(domain)
-    return np.stack(images), np.array(conditions), np.array(domains)
 
 
 def test_anndata_in_memory_gives_the_path_result(tiny_h5ad, tmp_path):
@@ -105,7 +86,7 @@ def test_backed_records_the_batches_it_draws(tiny_h5ad, tmp_path):
 @pytest.fixture(scope="module")
 def array_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("arrays")
-    images, conditions, domains = _bars()
+    images, conditions, domains = bar_images(8)
     models = {}
     for name, extra in (("conditional", {}), ("unconditional", {"conditional": False, "mmd_on": "none"})):
         models[name] = api.train((images, conditions, domains), out=root / name, exclude=["b:bold"],
@@ -157,7 +138,7 @@ def test_image_sample_draws_do_not_depend_on_the_batching(array_models):
 
 
 def test_image_labels_cannot_lead_outside_the_output(tmp_path):
-    images, conditions, domains = _bars(n=4)
+    images, conditions, domains = bar_images(4)
     domains = np.where(domains == "b", "../../evil", domains)
     model_dir = api.train((images, conditions, domains), out=tmp_path / "m", exclude=["../../evil:bold"],
                           settings=IMAGE_SMALL, options=QUIET)

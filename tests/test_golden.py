@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, invoke
+from cli_helpers import assert_ok, invoke, write_bar_images
 
 GOLDEN = Path(__file__).with_name("golden.json")
 TINY = ["--epochs", "2", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "-q",
@@ -90,7 +90,7 @@ def golden_runs(tiny_h5ad, tmp_path_factory):
                              "-q", *args))
             got[f"{kind}/{decode}"] = _pred(out)
 
-    images = _image_tree(root / "images")
+    images = write_bar_images(root / "images", 10)
     model = root / "image_model"
     assert_ok(invoke("train", images, "--exclude", "b:bold", "--out", model, *IMAGE_TINY))
     got["images/weights"] = _weights(model)
@@ -101,24 +101,6 @@ def golden_runs(tiny_h5ad, tmp_path_factory):
         with np.load(out / "transformed.npz") as z:
             got[f"images/{decode}"] = _digest(z["images"])
     return got
-
-
-def _image_tree(root: Path) -> Path:
-    """ROOT/<plain|bold>/<a|b>/<i>.png: 16 x 16 grey bars, the bold ones three times as wide."""
-    from trvae_cli.data.images import write_png
-
-    rng = np.random.default_rng(0)
-    for condition, width in (("plain", 1), ("bold", 3)):
-        for domain, horizontal in (("a", True), ("b", False)):
-            for i in range(10):
-                img = np.zeros((16, 16))
-                at = rng.integers(3, 10)
-                if horizontal:
-                    img[at:at + width, 2:14] = 1.0
-                else:
-                    img[2:14, at:at + width] = 1.0
-                write_png(img, root / condition / domain / f"{i:02d}.png")
-    return root
 
 
 def test_golden_digests(golden_runs):

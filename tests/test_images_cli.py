@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, invoke, write_bar_images
 
 TINY = ["--filters", "8,16", "--mmd-dim", "16", "--latent-dim", "4", "--batch-size", "16", "--no-jit", "-q"]
 
@@ -13,21 +13,7 @@ TINY = ["--filters", "8,16", "--mmd-dim", "16", "--latent-dim", "4", "--batch-si
 @pytest.fixture(scope="module")
 def image_tree(tmp_path_factory):
     """ROOT/<plain|bold>/<a|b>/<i>.png: 16 x 16 grey bars, 'bold' ones three times as wide."""
-    from trvae_cli.data.images import write_png
-
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for condition, width in (("plain", 1), ("bold", 3)):
-        for domain, horizontal in (("a", True), ("b", False)):
-            for i in range(12):
-                img = np.zeros((16, 16))
-                at = rng.integers(3, 10)
-                if horizontal:
-                    img[at:at + width, 2:14] = 1.0
-                else:
-                    img[2:14, at:at + width] = 1.0
-                write_png(img, root / condition / domain / f"{i:02d}.png")
-    return root
+    return write_bar_images(tmp_path_factory.mktemp("images"), 12)
 
 
 @pytest.fixture(scope="module")
