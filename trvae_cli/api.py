@@ -99,18 +99,31 @@ def train(
     ...                       cell_type_key="cell_type", exclude=["NK:stimulated"],
     ...                       settings={"epochs": 20})                              # doctest: +SKIP
     """
-    from .engine.fit import fit, model_record
-    from .sources import open_source
+    from contextlib import nullcontext
+
+    from .engine.signals import Signals
+    from .outputs import claim
 
     o = (options or RunOptions()).validate()
     out = Path(out)
-    if o.resume:
-        from .engine.checkpoint import checkpoint_path
+    # one writer per output (the chief alone writes a multi-worker run's; its lock would bar the others)
+    with claim(out) if o.strategy != "multiworker" else nullcontext(), \
+            Signals(enabled=o.strategy != "multiworker") as signals:
+        return _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings,
+                      preset, o, signals)
 
-        if not checkpoint_path(out).is_dir():
-            raise TrvaeError(f"--resume: no checkpoint in {out} (expected {checkpoint_path(out)}/)")
-    else:
-        check_target(out, o.force)
+
+def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings, preset,
+           o: RunOptions, signals) -> Path | None:
+    from .engine.checkpoint import checkpoint_path
+    from .engine.fit import fit, model_record
+    from .outputs import check_space, is_model_dir
+    from .sources import open_source
+
+    if o.resume and not checkpoint_path(out).is_dir():
+        raise TrvaeError(f"--resume: no checkpoint in {out} (expected {checkpoint_path(out)}/)")
+    if not o.resume:
+        check_target(out, o.force, what="model directory", inputs=[_input_path(data)], marker=is_model_dir)
     source = open_source(data, layer=layer, backed=backed, image_size=image_size)
     try:
         if isinstance(settings, TrainSettings):
@@ -123,13 +136,16 @@ def train(
                                                 cell_type_key=cell_type_key, warn=notes.append)
         for note in notes:
             o.warning(note)
-        result = fit(training, s, out, o)
+        check_space(out.parent, _model_bytes(training.example_shape, s), f"the model directory {out}")
+        signals.check("before training started")
+        result = fit(training, s, out, o, signals)
+        # from here the trained model is only in memory: a signal waits until it is saved
         source.record_split(setup, result.n_train, result.n_validation)
         data_record, var_names = setup.to_config()
         command = o.command(result.settings) if callable(o.command) else o.command
         command = command or _api_call("train", data=_data_label(data), condition_key=condition_key,
-                                         out=str(out), cell_type_key=cell_type_key, exclude=list(exclude),
-                                         layer=layer, backed=backed, settings=result.settings, preset=preset)
+                                       out=str(out), cell_type_key=cell_type_key, exclude=list(exclude),
+                                       layer=layer, backed=backed, settings=result.settings, preset=preset)
         config = model_record(result, command=command, preset=preset or "trvae", data=data_record)
         if var_names is not None:
             config["var_names"] = var_names
@@ -137,9 +153,26 @@ def train(
             from .predict import latent_means
 
             config["latent_arithmetic"] = latent_means(result.model, source, rows, training.labels, setup)
-        return result.save(out, config)
+        path = result.save(out, config)
+        if signals.received:
+            o.warning(f"{signals.received} arrived while the model was being saved; the model is complete")
+        return path
     finally:
         source.close()
+
+
+def _input_path(data):
+    """The file or folder ``data`` was read from (None for in-memory data)."""
+    return Path(data) if isinstance(data, (str, Path)) else None
+
+
+def _model_bytes(example_shape, s: TrainSettings) -> int:
+    """A generous size of the model directory: weights, Adam's two moments, the Keras archive."""
+    import math
+
+    features = math.prod(example_shape)
+    widths = [*s.hidden, s.mmd_dim] if s.arch == "mlp" else [s.mmd_dim, *s.filters]
+    return 3 * 4 * 2 * features * max(widths) + (1 << 20)
 
 
 @dataclass
@@ -212,9 +245,11 @@ def transform(
     >>> pred = transform("nk_model", source="control", target="stimulated", cell_type="NK")  # doctest: +SKIP
     >>> pred.adata.obs["condition"].unique()                                                # doctest: +SKIP
     """
-    from .backend import versions
-    from .model_dir import load_model, read_config
-    from .predict import Decoding, latent_shift, predict
+    from contextlib import nullcontext
+
+    from .model_dir import read_config
+    from .outputs import claim
+    from .predict import Decoding
     from .sources import DataSetup, open_source
 
     model_dir = Path(model_dir)
@@ -236,38 +271,60 @@ def transform(
         src.check_options(condition_key=condition_key, cell_type_key=cell_type_key, residual_scale=residual_scale,
                           draws=draws)
         decoding = Decoding(decode or src.default_decode, residual_scale, seed, draws).validate()
+        if residual_scale == "auto" and decoding.mode == "counterfactual":
+            defaults["residual-scale"] = "auto"      # resolved by the prediction
         setup.check(src)
         selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
         if out is None and write:
             out = src.default_output(model_dir, selection, target)
             defaults["out"] = str(out)
-        out = check_target(out, force) if out is not None and write else None
-        src.check_values(selection.rows, setup, nonnegative=decoding.mode == "counterfactual"
-                         and residual_scale != "linear")
-        cfg, model = load_model(model_dir, cfg)
-        predicted = predict(model, src.blocks(selection.rows, batch_size), setup.code(source), setup.code(target),
-                            decoding, delta=latent_shift(model, cfg.get("latent_arithmetic"), source, target),
-                            value_range=src.value_range, auto_residual=src.auto_residual)
-        if decoding.mode == "counterfactual" and residual_scale == "auto":
-            defaults["residual-scale"] = predicted.residual_scale
-        record = {
-            "model": str(model_dir.resolve()),
-            "model_weights_sha256": cfg.get("result", {}).get("weights_sha256") or "",
-            "from": source, "to": target, "decode": decoding.mode,
-            "residual_scale": predicted.residual_scale or "", "seed": int(seed), "draws": int(draws),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data),
-                                            source=source, target=target, cell_type=cell_type, domain=domain,
-                                            decode=decoding.mode, residual_scale=residual_scale, seed=seed,
-                                            draws=draws),
-            "versions": versions(),
-        }
-        pred = src.prediction(predicted, selection, setup, target, record)
-        if out is not None:
-            src.write_prediction(pred, out)
+        out = Path(out) if out is not None and write else None
+        with claim(out) if out is not None else nullcontext():
+            if out is not None:
+                check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
+                             marker=src.output_marker)
+            pred = _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, defaults,
+                            command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data),
+                                                 source=source, target=target, cell_type=cell_type, domain=domain,
+                                                 decode=decoding.mode, residual_scale=residual_scale, seed=seed,
+                                                 draws=draws))
+            if out is not None:
+                src.write_prediction(pred, out)
         return Prediction(pred, out, defaults)
     finally:
         src.close()
+
+
+def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, defaults, command):
+    """Load the model, predict the selection, and build the source's prediction object."""
+    import dataclasses
+
+    from .backend import versions
+    from .model_dir import load_model
+    from .predict import latent_shift, predict
+
+    if src.check_values(selection.rows, setup) < 0 and decoding.mode == "counterfactual":
+        if decoding.residual_scale in ("counts", "log1p"):
+            raise TrvaeError(f"the data have negative values, so they are not log1p-normalised: --residual-scale "
+                             f"{decoding.residual_scale} cannot apply; use linear (the default for such data)")
+        decoding = dataclasses.replace(decoding, residual_scale="linear")   # what auto means for such data
+    seed, draws = decoding.seed, decoding.draws
+    cfg, model = load_model(model_dir, cfg)
+    predicted = predict(model, src.blocks(selection.rows, batch_size), setup.code(source), setup.code(target),
+                        decoding, delta=latent_shift(model, cfg.get("latent_arithmetic"), source, target),
+                        value_range=src.value_range, auto_residual=src.auto_residual)
+    if decoding.mode == "counterfactual" and defaults.get("residual-scale") == "auto":
+        defaults["residual-scale"] = predicted.residual_scale
+    record = {
+        "model": str(model_dir.resolve()),
+        "model_weights_sha256": cfg.get("result", {}).get("weights_sha256") or "",
+        "from": source, "to": target, "decode": decoding.mode,
+        "residual_scale": predicted.residual_scale or "", "seed": int(seed), "draws": int(draws),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "versions": versions(),
+    }
+    return src.prediction(predicted, selection, setup, target, record)
 
 
 def embed(
@@ -311,7 +368,7 @@ def embed(
         if max_cells is not None and len(rows) > max_cells:
             keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_cells, replace=False))
             rows, codes = rows[keep], codes[keep]
-        src.check_values(rows, setup, nonnegative=False)
+        src.check_values(rows, setup)
         cfg, model = load_model(model_dir, cfg)
         z, h = encode_items(model, src.blocks(rows, batch_size), codes, with_mmd_layer=True)
         emb = ad.AnnData(obs=src.obs(rows))

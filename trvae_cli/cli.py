@@ -89,6 +89,11 @@ class TrvaeGroup(click.Group):
         except TrvaeError as exc:
             _err(f"error: {exc}")
             ctx.exit(exc.exit_code)
+        except OSError as exc:     # reading or writing a file: one line, EX_IOERR
+            from .outputs import io_error
+
+            _err(f"error: {io_error(exc)}")
+            ctx.exit(74)
 
 
 @click.group(name="trvae", cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -315,14 +320,14 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
 
     from . import evaluation as ev
     from . import report as rp
-    from .outputs import check_target
+    from .outputs import check_target, is_plain_file
 
     if json_out == "-" and csv_out == "-":
         raise TrvaeError("--json - and --csv - both ask for stdout: write one of them to a file")
     outputs = {}
     for value, render in ((json_out, rp.report_json), (csv_out, rp.report_csv)):
         if value and value != "-":
-            outputs[check_target(value, force)] = render
+            outputs[check_target(value, force, what="report", inputs=[*preds, real], marker=is_plain_file)] = render
     report = ev.evaluate(
         preds, real, labels=labels, condition_key=condition_key, source=source, target=target,
         cell_type_key=cell_type_key, cell_type=cell_type, layer=layer, n_degs=n_degs,

@@ -63,7 +63,39 @@ def read_config(model_dir: str | Path) -> dict:
         raise TrvaeError(
             f"model format version {cfg['format_version']} is newer than this trvae supports ({FORMAT_VERSION}); upgrade trvae"
         )
+    _check_config(cfg, cfg_path)
     return cfg
+
+
+def _check_config(cfg: dict, cfg_path: Path) -> None:
+    """The config checked whole: a missing or inconsistent field is one line naming it."""
+    from .config import PRECISIONS
+
+    def bad(field: str, why: str):
+        raise TrvaeError(f"{cfg_path}: {field} {why}; the model directory is damaged (retrain it)")
+
+    for key in ("data", "model", "training"):
+        if not isinstance(cfg.get(key), dict):
+            bad(key, "is missing")
+    data, model = cfg["data"], cfg["model"]
+    conditions = data.get("conditions")
+    if not isinstance(conditions, list) or len(conditions) < 2 or len(set(map(str, conditions))) != len(conditions):
+        bad("data.conditions", "is not a list of two or more distinct conditions")
+    if model.get("n_conditions") != len(conditions):
+        bad("model.n_conditions", f"is {model.get('n_conditions')!r} but data.conditions lists {len(conditions)}")
+    if cfg["training"].get("precision", "float32") not in PRECISIONS:
+        bad("training.precision", f"is {cfg['training'].get('precision')!r}, not one of {', '.join(PRECISIONS)}")
+    if data.get("kind", "cells") == "cells":
+        genes = cfg.get("var_names")
+        if not isinstance(genes, list) or not genes:
+            bad("var_names", "is missing")
+        if model.get("n_genes") != len(genes):
+            bad("var_names", f"lists {len(genes)} genes but the model has {model.get('n_genes')!r}")
+        if len(set(map(str, genes))) != len(genes):
+            bad("var_names", "are not unique")
+    elif not (isinstance(data.get("image_size"), list) and len(data["image_size"]) == 2
+              and data.get("channels") in (1, 3)):
+        bad("data.image_size / data.channels", "do not describe an image shape")
 
 
 def load_model(model_dir: str | Path, cfg: dict | None = None):
@@ -88,4 +120,7 @@ def load_model(model_dir: str | Path, cfg: dict | None = None):
         keras.config.set_dtype_policy(previous_policy)
     if not isinstance(model, TRVAE):
         raise TrvaeError(f"{model_dir} does not hold a trVAE model")
+    if model.n_conditions != len(cfg["data"]["conditions"]) or model.n_genes != cfg["model"].get("n_genes"):
+        raise TrvaeError(f"{Path(model_dir) / MODEL_FILE} does not match {CONFIG_FILE} (conditions or genes "
+                         "differ); the model directory is damaged (retrain it)")
     return cfg, model

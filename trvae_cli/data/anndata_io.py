@@ -54,11 +54,18 @@ def read_h5ad(path: str | Path):
 
 
 def require_obs_key(adata, key: str, what: str = "condition") -> pd.Series:
+    """``obs[key]`` as strings; a one-line error when the column is missing or has missing labels
+    (NaN would otherwise become a label called ``nan``)."""
     if key not in adata.obs.columns:
         raise TrvaeError(
             f"{what} key {key!r} is not a column of obs; obs columns are: {_preview(list(adata.obs.columns), 20)}"
         )
-    return adata.obs[key].astype(str)
+    col = adata.obs[key]
+    missing = int(col.isna().sum())
+    if missing:
+        raise TrvaeError(f"obs[{key!r}] has {missing} missing {what} labels (NaN): label those cells or drop them "
+                         f"(adata = adata[adata.obs[{key!r}].notna()])")
+    return col.astype(str)
 
 
 def require_values(series: pd.Series, values: Sequence[str], key: str) -> None:

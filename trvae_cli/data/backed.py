@@ -28,7 +28,6 @@ class BackedMatrix:
 
     def __init__(self, path: str | Path, layer: str | None = None):
         import h5py
-        from anndata.io import sparse_dataset
 
         self.path = Path(path)
         self.file = h5py.File(self.path, "r")
@@ -38,22 +37,33 @@ class BackedMatrix:
             where = "X" if layer is None else f"layer {layer!r}"
             raise TrvaeError(f"{self.path} has no {where} to read backed")
         node = self.file[key]
-        encoding = node.attrs.get("encoding-type", "array")
+        # anndata's layout names the encoding; its older one (h5sparse, e.g. the Kang file) the format
+        encoding = node.attrs.get("encoding-type", node.attrs.get("h5sparse_format", "array"))
         if isinstance(encoding, bytes):
             encoding = encoding.decode()
+        encoding = {"csr": "csr_matrix", "csc": "csc_matrix"}.get(str(encoding), str(encoding))
         if encoding == "csr_matrix":
+            shape = node.attrs.get("shape", node.attrs.get("h5sparse_shape"))
+            if shape is None or not all(k in node for k in ("data", "indices", "indptr")):
+                self.file.close()
+                raise TrvaeError(f"{key} of {self.path} is a sparse matrix without data/indices/indptr or a "
+                                 "shape: rewrite the file with anndata (adata.write_h5ad) or drop --backed")
             self.sparse = True
-            self.dataset = sparse_dataset(node)
+            self.dataset = _CsrRows(node, tuple(int(v) for v in shape))
             self._data = node["data"]
-            self._indptr = np.asarray(node["indptr"][:], dtype=np.int64)
+            self._indptr = self.dataset.indptr
         elif encoding == "csc_matrix":
             self.file.close()
             raise TrvaeError(f"{key} of {self.path} is CSC: rows cannot be read one block at a time; "
                              "rewrite it as CSR (adata.X = adata.X.tocsr()) or drop --backed")
-        else:
+        elif isinstance(node, h5py.Dataset):
             self.sparse = False
             self.dataset = node
             self._data = node
+        else:
+            self.file.close()
+            raise TrvaeError(f"{key} of {self.path} has an encoding trvae cannot read backed ({encoding}): "
+                             "rewrite the file with anndata (adata.write_h5ad) or drop --backed")
         self.shape = tuple(int(s) for s in self.dataset.shape)
         self.dtype = self._data.dtype
 
@@ -109,6 +119,29 @@ class BackedMatrix:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class _CsrRows:
+    """Rows of an on-disk CSR matrix (``data`` / ``indices`` / ``indptr``), read by slices of rows."""
+
+    def __init__(self, node, shape: tuple[int, int]):
+        self.data, self.indices = node["data"], node["indices"]
+        self.indptr = np.asarray(node["indptr"][:], dtype=np.int64)
+        self.shape = shape
+
+    def _slice(self, start: int, stop: int) -> sp.csr_matrix:
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return sp.csr_matrix((np.asarray(self.data[lo:hi]), np.asarray(self.indices[lo:hi]),
+                              self.indptr[start:stop + 1] - lo), shape=(stop - start, self.shape[1]))
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            return self._slice(start, max(start, stop))
+        rows = np.asarray(rows, dtype=np.int64)        # sorted: read each run of consecutive rows once
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        runs = np.split(rows, breaks)
+        return sp.vstack([self._slice(int(r[0]), int(r[-1]) + 1) for r in runs], format="csr")
 
 
 def read_backed(path: str | Path, layer: str | None = None):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 
-import keras
-
 from ..config import TrainConfig
 from .progress import progress_callback
+from ..backend import keras_module
+
+keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
 
 class KLWarmup(keras.callbacks.Callback):

@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
+import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from ..errors import TrvaeError
-from ..outputs import staged
+from ..outputs import staged, stale_parts
+from ..backend import keras_module
+
+keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -158,14 +159,17 @@ def write_checkpoint(directory: Path, snapshot: dict) -> Path:
     """Write ``snapshot`` as ``directory`` (staged, fsynced, then swapped in: a kill mid-write keeps
     the previous checkpoint)."""
     directory = Path(directory)
+    for leftover in stale_parts(directory):      # a killed write's staging folder (one writer: the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
     with staged(directory, directory=True, durable=True) as tmp:
         np.savez(tmp / ARRAYS_FILE, **snapshot["arrays"])
         (tmp / STATE_FILE).write_text(json.dumps(snapshot["state"], indent=1))
     return directory
 
 
-def read_checkpoint(model_dir: str | Path) -> dict:
-    """The checkpoint of ``model_dir`` as ``{"state": ..., "arrays": ...}``, or a one-line error."""
+def read_checkpoint(model_dir: str | Path, epochs: int | None = None) -> dict:
+    """The checkpoint of ``model_dir`` as ``{"state": ..., "arrays": ...}``, checked whole: any field
+    that is missing or inconsistent is a one-line error naming it. ``epochs``: the run's total."""
     directory = checkpoint_path(model_dir)
     if not (directory / STATE_FILE).is_file() or not (directory / ARRAYS_FILE).is_file():
         raise TrvaeError(f"--resume: no checkpoint in {model_dir} (expected {directory}/)")
@@ -173,19 +177,67 @@ def read_checkpoint(model_dir: str | Path) -> dict:
         state = json.loads((directory / STATE_FILE).read_text())
         with np.load(directory / ARRAYS_FILE) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise TrvaeError(f"--resume: unreadable checkpoint {directory}: {exc}") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrvaeError(f"--resume: checkpoint {directory} has an unknown format")
+    _check_state(state, arrays, directory, epochs)
     return {"state": state, "arrays": arrays}
 
 
+def _check_state(state: dict, arrays: dict, directory: Path, epochs: int | None) -> None:
+    def bad(field: str, why: str):
+        raise TrvaeError(f"--resume: checkpoint {directory}: {field} {why}; train afresh with --force")
+
+    done = state.get("epochs_done")
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        bad("epochs_done", f"is {done!r}, not a count of epochs")
+    if epochs is not None and done > epochs:
+        bad("epochs_done", f"is {done}, more than the run's {epochs} epochs")
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != done or not all(isinstance(r, dict) for r in history):
+        bad("history", f"does not hold one row for each of its {done} epochs")
+    if not isinstance(state.get("meta"), dict):
+        bad("meta", "is missing")
+    try:
+        np.random.default_rng().bit_generator.state = state.get("sampler_rng")
+    except (TypeError, ValueError, KeyError):
+        bad("sampler_rng", "is not a random generator state")
+    early = state.get("early")
+    keys = {"wait": int, "best_epoch": int, "stopped_epoch": int, "has_best": bool}
+    if not isinstance(early, dict) or any(not isinstance(early.get(k), t) for k, t in keys.items()):
+        bad("early", "is not an early-stopping state")
+    if state.get("reduce_lr") is not None and not isinstance(state["reduce_lr"], dict):
+        bad("reduce_lr", "is not a learning-rate schedule state")
+    for prefix in ("model", "optimizer", "best"):
+        n = sum(1 for k in arrays if k.startswith(prefix + "/"))
+        if any(f"{prefix}/{i}" not in arrays for i in range(n)):
+            bad(f"arrays {prefix}/*", "are not numbered 0 ... n-1")
+    if early["has_best"] and not any(k.startswith("best/") for k in arrays):
+        bad("best weights", "are missing although has_best is true")
+
+
+def _leaves(d, prefix=""):
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
 def check_same_run(saved: dict, current: dict) -> None:
-    """Refuse to resume a checkpoint made with other settings or data."""
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    """Refuse to resume a checkpoint made with other settings or data, naming the fields that differ."""
+    a, b = _leaves(saved), _leaves(current)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:3])
-        raise TrvaeError(f"--resume: the checkpoint was made with other settings or data ({shown}); "
+        def show(v):
+            text = repr(v)
+            return text if len(text) <= 40 else text[:37] + "..."
+
+        shown = ", ".join(f"{k}: {show(a.get(k))} -> {show(b.get(k))}" for k in diff[:3])
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise TrvaeError(f"--resume: the checkpoint was made with other settings or data ({shown}{more}); "
                          "resume with the original command, or train afresh with --force")
 
 
@@ -221,25 +273,3 @@ def restore_callbacks(ckpt: dict, early, reduce_lr) -> None:
     if reduce_lr is not None and state["reduce_lr"] is not None:
         r = state["reduce_lr"]
         reduce_lr.wait, reduce_lr.best, reduce_lr.cooldown_counter = r["wait"], _from_number(r["best"]), r["cooldown"]
-
-
-class StopOnSignals:
-    """Context manager: SIGTERM / SIGINT ask ``checkpointer`` to stop (main thread only)."""
-
-    SIGNALS = ("SIGTERM", "SIGINT")
-
-    def __init__(self, checkpointer: Checkpointer):
-        self.checkpointer = checkpointer
-        self.previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                sig = getattr(signal, name)
-                self.previous[sig] = signal.signal(sig, lambda signum, frame, n=name: self.checkpointer.request_stop(n))
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class TrainingData:
     """What :func:`fit` needs to know of the data, whatever its kind.
 
     ``labels``: the condition code of every training item; ``make_batches(positions, seed, fixed,
-    replicas)`` returns the Keras ``PyDataset`` of the items at ``positions`` (indices into
+    replicas, batch_size)`` returns the Keras ``PyDataset`` of the items at ``positions`` (indices into
     ``labels``); ``model_args``: the input's shape arguments of the model (``n_genes`` or
     ``image_shape``); ``example_shape``: one item's shape; ``meta``: what identifies the data for a
     checkpoint (a resumed run must match it).
@@ -105,6 +106,25 @@ class FitResult:
         return write_model_dir(out, self.model, config, self.history)
 
 
+def fit_batch_size(s: TrainSettings, n_train: int, warn) -> TrainSettings:
+    """A batch the data and the MMD kernel can hold: at most the training items (a larger one would
+    repeat them), and a batch x batch kernel that fits in half of this machine's memory."""
+    batch = s.batch_size
+    if batch > n_train:
+        warn(f"--batch-size {batch} is more than the {n_train} training items: using {n_train}")
+        batch = n_train
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # pragma: no cover - not POSIX
+        memory = None
+    kernel = 4 * 4 * batch * batch                  # float32 distances, kernel and two temporaries
+    if memory and s.mmd_on != "none" and kernel > memory / 2:
+        largest = int((memory / 32) ** 0.5)
+        raise TrvaeError(f"--batch-size {batch} needs a {kernel / 2**30:.0f} GiB MMD kernel (batch x batch); "
+                         f"this machine has {memory / 2**30:.0f} GiB: use --batch-size {largest} or less")
+    return s if batch == s.batch_size else dataclasses.replace(s, batch_size=batch)
+
+
 def _build(keras, data: TrainingData, s: TrainSettings, dist):
     from ..model import TRVAE
     from .distribute import prepare_model
@@ -125,17 +145,22 @@ def _build(keras, data: TrainingData, s: TrainSettings, dist):
     return model
 
 
-def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | None = None) -> FitResult:
-    """Build the model, train it (checkpoints, resume, signals, strategies) and return it unsaved."""
+def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | None = None,
+        signals=None) -> FitResult:
+    """Build the model, train it (checkpoints, resume, signals, strategies) and return it unsaved.
+
+    ``signals``: the run's :class:`~trvae_cli.engine.signals.Signals` (else SIGTERM / SIGINT are
+    caught around ``fit`` only)."""
     from ..backend import keras_module, seed_everything
     from .callbacks import make_callbacks
-    from .checkpoint import (Checkpointer, StopOnSignals, TrainingInterrupted, check_same_run, checkpoint_path,
-                             read_checkpoint, restore_batches, restore_callbacks, restore_model)
+    from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
+                             restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
     from .progress import event_logger
 
     o = options or RunOptions()
     train_pos, val_pos = validation_split(data.labels, s.validation_fraction, s.seed)
+    s = fit_batch_size(s, len(train_pos), o.warning)
     keras = keras_module(threads=o.threads)
     dist = make_distribution(o.strategy)       # before TensorFlow runs anything (multi-worker needs that)
     if dist.replicas > 1 and s.jit and not dist.has_gpu:
@@ -144,11 +169,11 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     seed_everything(s.seed)
     model = _build(keras, data, s, dist)
 
-    train_batches = data.make_batches(train_pos, s.seed, False, dist.replicas)
+    train_batches = data.make_batches(train_pos, s.seed, False, dist.replicas, s.batch_size)
     val_batches = None
     monitor = "loss"
     if len(val_pos):
-        val_batches = data.make_batches(val_pos, s.seed + 1, True, dist.replicas)
+        val_batches = data.make_batches(val_pos, s.seed + 1, True, dist.replicas, s.batch_size)
         monitor = "val_loss"
 
     # what a checkpoint must match to be resumed: the settings and the data as selected
@@ -158,12 +183,17 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     }))
     ckpt, initial_epoch, history_before = None, 0, []
     if o.resume:
-        ckpt = read_checkpoint(out)
+        ckpt = read_checkpoint(out, s.epochs)
         check_same_run(ckpt["state"]["meta"], run_meta)
-        model.optimizer.build(model.trainable_variables)
-        restore_model(ckpt, model)
-        restore_batches(ckpt, train_batches)
-        initial_epoch, history_before = ckpt["state"]["epochs_done"], ckpt["state"]["history"]
+        if ckpt["state"]["epochs_done"] == 0:
+            # stopped before its first epoch ended (XLA compiling, say): the snapshot is the seeded
+            # initial state, which this run has just built again -- start from it
+            ckpt = None
+        else:
+            model.optimizer.build(model.trainable_variables)
+            restore_model(ckpt, model)
+            restore_batches(ckpt, train_batches)
+            initial_epoch, history_before = ckpt["state"]["epochs_done"], ckpt["state"]["history"]
 
     early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch)
     log = event_logger(o.progress)
@@ -173,13 +203,18 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
         on_write=lambda epoch, path: log("checkpoint", epoch=epoch, path=str(path)),
     )
     callbacks.append(checkpointer)           # last: its snapshot sees the other callbacks' epoch
+    from .signals import Signals
+
+    own_signals = signals is None
+    # a multi-worker run cannot stop one worker mid-epoch without hanging the others:
+    # signals keep their default action there, and --checkpoint-every is the way to resume
+    signals = signals if signals is not None else Signals(enabled=dist.workers == 1)
+    signals.listen(checkpointer.request_stop)
     finished = ckpt is not None and (initial_epoch >= s.epochs or ckpt["state"]["early"]["stopped_epoch"] > 0)
     t0 = time.perf_counter()
     if not finished:
         try:
-            # a multi-worker run cannot stop one worker mid-epoch without hanging the others:
-            # signals keep their default action there, and --checkpoint-every is the way to resume
-            with StopOnSignals(checkpointer) if dist.workers == 1 else nullcontext():
+            with signals if own_signals else nullcontext():
                 model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,
                           callbacks=callbacks, verbose=0, shuffle=False)
         except TrainingInterrupted as stop:

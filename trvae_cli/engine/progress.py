@@ -11,8 +11,10 @@ import sys
 import time
 from typing import Callable
 
-import keras
 import numpy as np
+from ..backend import keras_module
+
+keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
 
 def in_notebook() -> bool:

@@ -1,5 +1,9 @@
 """The network and its losses; knows nothing about AnnData or files."""
 
+from ..backend import keras_module
+
+keras_module()   # Keras through the one quiet import (TensorFlow logs nothing before it is configured)
+
 from ..config import MMD_PLACEMENTS, OUTPUT_ACTIVATIONS
 from .layers import MMDLoss, Sampling, reparameterise
 from .mmd import KERNEL_SCALES, multiscale_rbf_kernel, pairwise_condition_mmd

@@ -27,13 +27,16 @@ from .figures import (
 )
 
 
-def _check_out(out, force: bool) -> Path | None:
+def _check_out(out, force: bool, *inputs, containers=()) -> Path | None:
+    """The figure's path: a known format, not an input (it may lie inside a ``containers`` folder,
+    a model directory say), replacing only a file (with --force)."""
     if out is None:
         return None
-    from ..outputs import check_target
+    from ..outputs import check_target, is_plain_file
 
     figure_format(out)
-    return check_target(out, force)
+    return check_target(out, force, what="figure", inputs=[i for i in inputs if i is not None],
+                        containers=containers, marker=is_plain_file)
 
 
 def _finish(fig, out: Path | None):
@@ -58,7 +61,7 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     --------
     >>> fig = plot_regression("nk_model/control_to_stimulated_NK.h5ad", variance=True)  # doctest: +SKIP
     """
-    out = _check_out(out, force)
+    out = _check_out(out, force, pred, task.get("real"))
     prep = prepare([pred], n_degs=n_degs, references=False, **task)
     cand = prep.candidates[0]
     stat = M.gene_variances if variance else M.gene_means
@@ -83,7 +86,7 @@ def plot_gene(gene: str, preds: Sequence[str | Path], out: str | Path | None = N
     --------
     >>> fig = plot_gene("ISG15", ["nk_model/control_to_stimulated_NK.h5ad"], out="isg15.png")  # doctest: +SKIP
     """
-    out = _check_out(out, force)
+    out = _check_out(out, force, *preds, task.get("real"))
     prep = prepare(preds, labels=labels, references=False, **task)
     if gene not in prep.genes:
         raise TrvaeError(f"gene {gene!r} is not among the prediction's {len(prep.genes)} genes")
@@ -129,7 +132,7 @@ def plot_latent(model_dir: str | Path, out: str | Path | None = None, *, data: s
     """
     from ..api import embed
 
-    out = _check_out(out, force)
+    out = _check_out(out, force, data, containers=[model_dir])
     emb = embed(model_dir, data, max_cells=max_cells, seed=seed)
     info = emb.uns["trvae"]
     keys = list(color) if color else [info["condition_key"]] + ([info["cell_type_key"]] if info["cell_type_key"] else [])
@@ -161,7 +164,7 @@ def plot_history(model_dir: str | Path, out: str | Path | None = None, *, force:
     """
     from ..model_dir import HISTORY_FILE, read_config
 
-    out = _check_out(out, force)
+    out = _check_out(out, force, containers=[model_dir])
     cfg = read_config(model_dir)
     path = Path(model_dir) / HISTORY_FILE
     if not path.exists():
@@ -210,7 +213,7 @@ def plot_compare(reports: Sequence[str | Path], out: str | Path | None = None, *
     --------
     >>> fig = plot_compare(["nk_eval.json", "cd4t_eval.json"], out="compare.pdf")      # doctest: +SKIP
     """
-    out = _check_out(out, force)
+    out = _check_out(out, force, *reports)
     if not reports:
         raise TrvaeError("give at least one evaluation file")
     loaded = [read_report(p) for p in reports]
@@ -252,7 +255,7 @@ def plot_images(pred_dir: str | Path, out: str | Path | None = None, *, truth: s
     from ..data.images import read_image
     from ..sources.images import ARRAYS_FILE, META_FILE
 
-    out = _check_out(out, force)
+    out = _check_out(out, force, truth, containers=[pred_dir])
     pred_dir = Path(pred_dir)
     arrays_path = pred_dir / ARRAYS_FILE
     if not arrays_path.exists():

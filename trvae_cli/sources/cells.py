@@ -12,7 +12,7 @@ from ..config import RESIDUAL_SCALES
 from ..data import anndata_io as io
 from ..data.batching import dense_rows, iter_row_chunks
 from ..errors import TrvaeError
-from ..outputs import staged
+from ..outputs import check_space, is_prediction_file, staged
 from .base import DataSetup, Selection, safe_name
 
 
@@ -39,10 +39,12 @@ class CellSource:
     value_range = None
     input_defaults: dict = {}
     batch_size = 1024
+    output_marker = staticmethod(is_prediction_file)   # what --force may replace
 
     def __init__(self, adata, matrix, path: Path | None, layer: str | None, backed: bool):
         self.adata, self.matrix, self.path, self.layer, self.backed = adata, matrix, path, layer, backed
         self.columns: np.ndarray | None = None     # data columns in the model's gene order (None: the same)
+        self._check_not_empty()
 
     @classmethod
     def open(cls, data, layer: str | None = None, backed: bool = False) -> "CellSource":
@@ -61,6 +63,12 @@ class CellSource:
         if backed:
             raise TrvaeError("--backed reads a file from disk: pass the .h5ad path, not an AnnData")
         return cls(data, io.get_matrix(data, layer), None, layer, False)
+
+    def _check_not_empty(self) -> None:
+        n_obs, n_vars = self.adata.n_obs, self.adata.n_vars
+        if n_vars == 0 or n_obs == 0:
+            self.close()
+            raise TrvaeError(f"{self.name} holds {n_obs} cells x {n_vars} genes: nothing to train or transform on")
 
     @property
     def name(self) -> str:
@@ -103,22 +111,28 @@ class CellSource:
             from ..data.backed import check_finite_backed, first_values
 
             check_finite_backed(matrix, self._matrix_name())
-            counts_like = io.looks_like_counts(first_values(matrix))
+            sample = first_values(matrix)
+            counts_like, low = io.looks_like_counts(sample), float(sample.min()) if sample.size else 0.0
         else:
-            io.check_finite(matrix[rows] if len(rows) < adata.n_obs else matrix, self._matrix_name())
-            counts_like = io.looks_like_counts(matrix)
+            picked = matrix[rows] if len(rows) < adata.n_obs else matrix
+            io.check_finite(picked, self._matrix_name())
+            counts_like, low = io.looks_like_counts(matrix), _min_value(picked)
         if counts_like and warn is not None:
             warn("the data look like raw counts (all integers, large values); trVAE's MSE loss expects "
                  "log-normalised values: normalise and log1p first, or choose a matrix with --layer")
+        if low < 0 and s.output_activation == "relu" and warn is not None:
+            warn(f"{self._matrix_name()} has negative values (scaled data?), which a ReLU output cannot "
+                 "reproduce: use --output-activation linear, or log-normalised values; transform then adds "
+                 "changes on the linear scale")
         labels = selection.labels
 
-        def make_batches(positions, seed, fixed, replicas):
+        def make_batches(positions, seed, fixed, replicas, batch_size):
             from .feeders import BackedBatches, CellBatches
 
             if self.backed:
-                return BackedBatches(matrix, rows[positions], labels[positions], s.batch_size, seed=seed,
+                return BackedBatches(matrix, rows[positions], labels[positions], batch_size, seed=seed,
                                      fixed=fixed, replicas=replicas)
-            return CellBatches(matrix, rows[positions], labels[positions], s.batch_size, seed=seed, fixed=fixed,
+            return CellBatches(matrix, rows[positions], labels[positions], batch_size, seed=seed, fixed=fixed,
                                balanced=s.balanced_batches, replicas=replicas)
 
         meta = {"data": self.recorded_path, "shape": list(adata.shape), "condition_key": condition_key,
@@ -186,18 +200,15 @@ class CellSource:
             return RowsView(self.matrix, rows)
         return self.matrix[rows]
 
-    def check_values(self, rows: np.ndarray, setup: DataSetup, nonnegative: bool) -> None:
-        """NaN / inf check (block by block when backed); optionally refuse negative values."""
+    def check_values(self, rows: np.ndarray, setup: DataSetup) -> float:
+        """NaN / inf check of the rows (block by block when backed); returns their smallest value."""
         sub = self._rows(rows)
         blocks = sub.blocks() if hasattr(sub, "blocks") else [sub]
         low = 0.0
         for block in blocks:
             io.check_finite(block, self._matrix_name())
-            if nonnegative:
-                low = min(low, _min_value(block))
-        if low < 0:
-            raise TrvaeError("the data have negative values, so they are not log1p-normalised: use "
-                             "--residual-scale linear (or --decode mean) for --decode counterfactual")
+            low = min(low, _min_value(block))
+        return low
 
     def blocks(self, rows: np.ndarray, batch_size: int | None = None) -> Iterator[np.ndarray]:
         """Dense float32 blocks of ``rows``, columns in the model's gene order."""
@@ -246,6 +257,8 @@ class CellSource:
 
     @staticmethod
     def write_prediction(pred, out: Path) -> Path:
+        x = pred.X
+        check_space(out.parent, int(getattr(x, "nbytes", 0) or x.data.nbytes * 2) + (4 << 20), str(out))
         with staged(out) as tmp:
             pred.write_h5ad(tmp)
         return out

@@ -10,11 +10,13 @@ read from disk) and :class:`ImageBatches` (image files read a batch at a time). 
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import scipy.sparse as sp
 
 from ..data.batching import BalancedSampler, dense_rows, replica_order
+from ..backend import keras_module
+
+keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
 
 def training_batch(x: np.ndarray, labels: np.ndarray, replicas: int = 1):

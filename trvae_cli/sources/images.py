@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.images import ImageSet, images_from_arrays, load_images, scan_images, write_png
 from ..errors import TrvaeError
-from ..outputs import staged
+from ..outputs import inside, is_image_prediction, staged
 from .base import DataSetup, Selection, safe_name
 
 ARRAYS_FILE = "transformed.npz"
@@ -59,6 +59,7 @@ class ImageSource:
     value_range = (0.0, 1.0)
     input_defaults = {"arch": "conv"}
     batch_size = 256
+    output_marker = staticmethod(is_image_prediction)   # what --force may replace
 
     def __init__(self, images: ImageSet, path: Path | None):
         self.images, self.path = images, path
@@ -118,10 +119,10 @@ class ImageSource:
         if len(set(codes.tolist())) < 2:
             raise TrvaeError("after --exclude fewer than two conditions are left to train on")
 
-        def make_batches(positions, seed, fixed, replicas):
+        def make_batches(positions, seed, fixed, replicas, batch_size):
             from .feeders import ImageBatches
 
-            return ImageBatches(images, items[positions], codes[positions], s.batch_size, seed=seed, fixed=fixed,
+            return ImageBatches(images, items[positions], codes[positions], batch_size, seed=seed, fixed=fixed,
                                 balanced=s.balanced_batches, replicas=replicas)
 
         domains = sorted(set(images.domains.tolist())) if images.domains is not None else None
@@ -173,8 +174,9 @@ class ImageSource:
         rows = np.flatnonzero(known)
         return rows, np.array([setup.code(c) for c in self.images.conditions[rows]])
 
-    def check_values(self, rows: np.ndarray, setup: DataSetup, nonnegative: bool) -> None:
+    def check_values(self, rows: np.ndarray, setup: DataSetup) -> float:
         """Pixels are read into [0, 1]: nothing to check before reading."""
+        return 0.0
 
     def blocks(self, rows: np.ndarray, batch_size: int | None = None) -> Iterator[np.ndarray]:
         step = batch_size or self.batch_size
@@ -227,10 +229,10 @@ class ImageSource:
         images = np.asarray(pred.X, np.float32).reshape(pred.n_obs, *meta["image_shape"])
         with staged(out, directory=True) as tmp:
             for img, rel in zip(images, pred.obs["output"]):
-                write_png(img, tmp / rel)
+                write_png(img, inside(tmp, rel))
             np.savez_compressed(
                 tmp / ARRAYS_FILE, images=images, sources=np.array(list(pred.obs["path"])),
                 relpaths=np.array(list(pred.obs["output"])),
                 domains=np.array([str(d) for d in pred.obs["domain"]]) if "domain" in pred.obs else np.array([]))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            (tmp / META_FILE).write_text(json.dumps({"format": "trvae-images", **meta}, indent=2, default=str))
         return out
