@@ -229,9 +229,14 @@ def test_train_force_overwrites_and_same_seed_gives_identical_weights(
     assert listing(out) == ["marker.txt"]
     assert listing(work) == ["model"]
 
-    assert_ok(invoke(*args, "--force"))
-    assert not (out / "marker.txt").exists()
-    assert listing(work) == ["model"]          # no staging or backup directories left
+    # --force replaces only what trvae wrote: this folder is the user's
+    assert_user_error(invoke(*args, "--force"), "did not write")
+    assert listing(out) == ["marker.txt"]
+    (out / "marker.txt").unlink()
+    out.rmdir()
+    assert_ok(invoke(*args))
+    assert_ok(invoke(*args, "--force"))        # a model directory trvae wrote: replaced
+    assert listing(work) == ["model"]          # no staging, backup or lock files left
 
     a = load_keras_model(trained_model / "model.keras").get_weights()
     b = load_keras_model(out / "model.keras").get_weights()
@@ -447,8 +452,13 @@ def test_transform_output_exists_needs_force(trained_model, work):
     assert_user_error(_transform(trained_model, out, "--cell-type", "NK"), "output exists", "--force")
     assert out.read_text() == "precious" and listing(work) == ["p.h5ad"]
 
+    # --force replaces only a prediction trvae wrote, never the user's file
+    assert_user_error(_transform(trained_model, out, "--cell-type", "NK", "--force"), "did not write")
+    assert out.read_text() == "precious"
+    out.unlink()
+    assert_ok(_transform(trained_model, out, "--cell-type", "NK"))
     result = _transform(trained_model, out, "--cell-type", "NK", "--force")
     assert_ok(result)
     assert result.stdout == f"{out}\n"
     assert ad.read_h5ad(out).X.shape[1] == 40
-    assert listing(work) == ["p.h5ad"]     # no partial files left beside it
+    assert listing(work) == ["p.h5ad"]     # no partial or lock files left beside it

@@ -217,9 +217,15 @@ def test_log1p_scale_refuses_data_with_negative_values(trained_model, tiny_h5ad,
     path = tmp_path / "scaled.h5ad"
     data.write_h5ad(path)
     out = tmp_path / "x.h5ad"
-    assert_user_error(_transform(trained_model, out, "--data", path), "negative values", "--residual-scale linear")
+    assert_user_error(_transform(trained_model, out, "--data", path, "--residual-scale", "log1p"),
+                      "negative values", "linear")
     assert not out.exists()
-    assert_ok(_transform(trained_model, out, "--data", path, "--residual-scale", "linear"))
+    # the default (auto) means linear for such data, as training accepts them: the same handling
+    auto = invoke("transform", "--model", trained_model, "--from", "control", "--to", "stimulated",
+                  "--cell-type", "NK", "--out", out, "--data", path)
+    assert_ok(auto)
+    assert "using default --residual-scale linear" in auto.stderr
+    assert ad.read_h5ad(out).uns["trvae"]["residual_scale"] == "linear"
 
 
 def test_draws_write_independent_draws_of_every_cell(trained_model, tmp_path):

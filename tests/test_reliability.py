@@ -276,37 +276,48 @@ def test_tampered_model_directory(trained_model, tmp_path, tamper, field):
     assert not (tmp_path / "p.h5ad").exists()
 
 
-@pytest.mark.parametrize("tamper, field", [
-    (lambda s: s.update(epochs_done=50), "epochs_done"),
-    (lambda s: s.update(sampler_rng={"bit_generator": "PCG64", "state": "garbage"}), "sampler_rng"),
-    (lambda s: s.pop("early"), "early"),
-])
-def test_tampered_checkpoint(tiny_h5ad, tmp_path, tamper, field):
+@pytest.fixture(scope="module")
+def interrupted(tiny_h5ad, tmp_path_factory):
+    """A run of 12 epochs stopped by SIGTERM after its first: (its model directory, its arguments)."""
     hook = ("from trvae_cli.engine import checkpoint as C\n"
             "orig = C.Checkpointer.on_epoch_end\n"
             "def end(self, epoch, logs=None):\n"
             "    orig(self, epoch, logs)\n"
             "    if epoch == 0: os.kill(os.getpid(), signal.SIGTERM)\n"
             "C.Checkpointer.on_epoch_end = end\n")
-    args = ["train", tiny_h5ad, *TINY, "--epochs", "12", "--out", tmp_path / "m"]
-    assert _child(hook, *args).returncode == 75
-    state_path = tmp_path / "m" / "checkpoint" / "state.json"
+    out = tmp_path_factory.mktemp("interrupted") / "m"
+    args = ["train", tiny_h5ad, *TINY, "--epochs", "12"]
+    stopped = _child(hook, *args, "--out", out)
+    assert stopped.returncode == 75, stopped.stderr
+    return out, args
+
+
+def _copy(interrupted, tmp_path) -> Path:
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(interrupted[0], out)
+    return out
+
+
+@pytest.mark.parametrize("tamper, field", [
+    (lambda s: s.update(epochs_done=50), "epochs_done"),
+    (lambda s: s.update(sampler_rng={"bit_generator": "PCG64", "state": "garbage"}), "sampler_rng"),
+    (lambda s: s.pop("early"), "early"),
+])
+def test_tampered_checkpoint(interrupted, tmp_path, tamper, field):
+    out = _copy(interrupted, tmp_path)
+    state_path = out / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
     tamper(state)
     state_path.write_text(json.dumps(state))
-    assert_user_error(invoke(*args, "--resume"), field)
-    assert not (tmp_path / "m" / "model.keras").exists()
+    assert_user_error(invoke(*interrupted[1], "--out", out, "--resume"), field)
+    assert not (out / "model.keras").exists()
 
 
-def test_resume_names_the_one_setting_that_differs(tiny_h5ad, tmp_path):
-    hook = ("from trvae_cli.engine import checkpoint as C\n"
-            "orig = C.Checkpointer.on_epoch_end\n"
-            "def end(self, epoch, logs=None):\n"
-            "    orig(self, epoch, logs); os.kill(os.getpid(), signal.SIGTERM)\n"
-            "C.Checkpointer.on_epoch_end = end\n")
-    assert _child(hook, "train", tiny_h5ad, *TINY, "--epochs", "3", "--out", tmp_path / "m").returncode == 75
-    line = assert_user_error(invoke("train", tiny_h5ad, *TINY, "--epochs", "3", "--seed", "9", "--out", tmp_path / "m",
-                                    "--resume"), "settings.seed: 0 -> 9")
+def test_resume_names_the_one_setting_that_differs(interrupted, tmp_path):
+    out = _copy(interrupted, tmp_path)
+    line = assert_user_error(invoke(*interrupted[1], "--seed", "9", "--out", out, "--resume"), "settings.seed: 0 -> 9")
     assert len(line) < 300, line
 
 

@@ -93,7 +93,7 @@ def check_target(path: str | Path, force: bool, *, what: str = "output", inputs:
             raise TrvaeError(f"{what} {path} {relation} the input {given}: choose another --out")
     if path.exists() or path.is_symlink():
         if not force:
-            raise TrvaeError(f"{what} exists: {path} (use --force to overwrite)")
+            raise TrvaeError(f"output exists: {path} (use --force to overwrite)")
         if marker is not None and not marker(path):
             kind = "folder" if path.is_dir() else "file"
             raise TrvaeError(f"{what} {path} is a {kind} that trvae did not write: --force replaces only "
