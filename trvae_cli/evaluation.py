@@ -194,6 +194,8 @@ def _real_groups(task: Task, gene_names: Sequence[str]):
     others = None
     if task.cell_type is not None and (~in_type & is_src).any() and (~in_type & is_dst).any():
         others = (rows(~in_type & is_src), rows(~in_type & is_dst))
+        for part in others:          # the mean shift is made of them
+            io.check_finite(part, f"{name} of --real (the other cell types)")
     return source, target, others
 
 

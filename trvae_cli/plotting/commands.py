@@ -169,8 +169,12 @@ def plot_history(model_dir: str | Path, out: str | Path | None = None, *, force:
     path = Path(model_dir) / HISTORY_FILE
     if not path.exists():
         raise TrvaeError(f"{path} not found")
-    with open(path, newline="") as fh:
-        rows = [{k: float(v) if v not in ("", None) else None for k, v in r.items()} for r in csv.DictReader(fh)]
+    try:
+        with open(path, newline="") as fh:
+            rows = [{k: float(v) if v not in ("", None) else None for k, v in r.items() if k is not None}
+                    for r in csv.DictReader(fh)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+        raise TrvaeError(f"{path} is not a trvae history (a CSV of numbers per epoch): {exc}") from None
     if not rows:
         raise TrvaeError(f"{path} has no epochs")
     terms = [t for t in HISTORY_TERMS if t in rows[0]]
