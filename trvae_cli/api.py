@@ -107,7 +107,7 @@ def train(
     o = (options or RunOptions()).validate()
     out = Path(out)
     if isinstance(data, (str, Path)) and not Path(data).exists():     # before any word on the output
-        raise TrvaeError(f"data not found: {data}")
+        raise TrvaeError(f"data file not found: {data}")
     # one writer per output (the chief alone writes a multi-worker run's; its lock would bar the others)
     with claim(out) if o.strategy != "multiworker" else nullcontext(), \
             Signals(enabled=o.strategy != "multiworker") as signals:
