@@ -163,7 +163,7 @@ def claim(final: str | Path, need_bytes: int = 0) -> Iterator[Path]:
         lock_path = final.parent / f".{final.name}{LOCK_SUFFIX}"
         fh = open(lock_path, "a+")
     except OSError as exc:
-        raise io_error(exc, str(final.parent)) from None
+        raise OutputError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -183,7 +183,7 @@ def claim(final: str | Path, need_bytes: int = 0) -> Iterator[Path]:
                                                 suffix=".partial")
             probe.close()
         except OSError as exc:
-            raise io_error(exc, str(final.parent)) from None
+            raise OutputError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
         if need_bytes:
             check_space(final.parent, need_bytes, str(final))
         yield final
