@@ -211,3 +211,33 @@ def test_evaluate_writes_csv_to_stdout(trained_model, tiny_h5ad, tmp_path):
     assert rows and {"label", "metric", "value"} <= set(rows[0])
     assert {r["metric"] for r in rows} >= {"r2_mean_degs", "r2_var_all"}
     assert_user_error(invoke("evaluate", "--pred", pred, "--csv", "-", "--json", "-"), "stdout")
+
+
+def test_embed_command_writes_the_latent_space(trained_model, tiny_h5ad, tmp_path):
+    out = tmp_path / "latent.h5ad"
+    result = invoke("embed", "--model", trained_model, "--out", out, "--max-cells", "100")
+    assert_ok(result)
+    assert result.stdout == f"{out}\n"
+    emb = ad.read_h5ad(out)
+    assert emb.n_obs == 100 and emb.obsm["X_trvae"].shape == (100, 4) and emb.obsm["X_trvae_mmd"].shape == (100, 8)
+    assert set(emb.obs_names) <= set(ad.read_h5ad(tiny_h5ad).obs_names)
+    assert emb.uns["trvae"]["command"].startswith("trvae embed") and "versions" in emb.uns["trvae"]
+    assert_user_error(invoke("embed", "--model", trained_model, "--out", out), "output exists")
+    assert_ok(invoke("embed", "--model", trained_model, "--out", out, "--force", "-q"))
+    assert_user_error(invoke("embed", "--model", trained_model, "--out", tiny_h5ad, "--force"), "is the input")
+
+
+def test_prediction_keeps_the_gene_annotations_and_training_says_what_it_did(tiny_h5ad, tmp_path, capsys):
+    adata = ad.read_h5ad(tiny_h5ad)
+    adata.var["symbol"] = [f"S{i}" for i in range(adata.n_vars)]
+    model = api.train(adata, "condition", tmp_path / "m", settings={**SMALL, "epochs": 6, "early_stopping_patience": 1},
+                      options=RunOptions(progress="text"))
+    said = capsys.readouterr().err
+    history = (tmp_path / "m" / "history.csv").read_text().splitlines()
+    epochs_run = len(history) - 1
+    assert f"trained {epochs_run} of 6 epochs" in said
+    if epochs_run < 6:                                    # patience 1: it may stop, and must then say so
+        assert "stopped early" in said and "kept the weights of epoch" in said
+    pred = api.transform(model, adata[:, ::-1].copy(), source="control", target="stimulated", write=False)
+    assert list(pred.adata.var_names) == list(adata.var_names)          # the model's order
+    assert list(pred.adata.var["symbol"]) == list(adata.var["symbol"])

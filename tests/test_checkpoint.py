@@ -104,7 +104,9 @@ def test_json_log_lines_and_threads(tiny_h5ad, tmp_path):
                     "--threads", "1")
     assert_ok(result)
     events = [json.loads(l) for l in result.stderr.splitlines() if l.startswith("{")]
-    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "epoch", "end", "result"]
+    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "epoch", "end", "trained", "result"]
+    trained = events[5]
+    assert trained["epochs_run"] == 3 and trained["epochs"] == 3 and trained["text"].startswith("trained 3 of 3")
     assert [e["epoch"] for e in events[1:4]] == [1, 2, 3]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert events[-1]["weights_sha256"] == config["result"]["weights_sha256"] and events[-1]["written"] is True

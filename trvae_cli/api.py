@@ -141,6 +141,7 @@ def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, imag
         check_space(out.parent, _model_bytes(training.example_shape, s), f"the model directory {out}")
         signals.check("before training started")
         result = fit(training, s, out, o, signals)
+        result.log("trained", **result.summary())
         # from here the trained model is only in memory: a signal waits until it is saved
         source.record_split(setup, result.n_train, result.n_validation)
         data_record, var_names = setup.to_config()
@@ -337,6 +338,9 @@ def embed(
     max_cells: int | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    command: str | None = None,
 ):
     """The latent space z and the MMD layer of every item, each encoded and decoded with its own
     condition (items of conditions the model does not know are left out).
@@ -344,6 +348,8 @@ def embed(
     Returns an AnnData (the data's obs, no X) with ``obsm["X_trvae"]`` (posterior mean of z) and
     ``obsm["X_trvae_mmd"]`` (the first decoder layer, where trVAE's MMD acts), ready for
     ``sc.pp.neighbors(emb, use_rep="X_trvae")``. ``max_cells`` keeps a random subset (seeded).
+    ``out``: also write it as ``.h5ad`` (``trvae embed``), with the parameters and versions in
+    ``uns["trvae"]``.
 
     Examples
     --------
@@ -381,6 +387,23 @@ def embed(
                             else "condition",
                             "cell_type_key": (setup.cell_type_key or "") if setup.kind == "cells"
                             else ("domain" if setup.domains else "")}
+        if out is not None:
+            from .backend import versions
+            from .outputs import claim, is_prediction_file, staged
+
+            emb.uns["trvae"].update(
+                embedding="z: posterior mean, X_trvae_mmd: the MMD layer, each under the cell's own condition",
+                max_cells=int(max_cells) if max_cells is not None else -1, seed=int(seed),
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                command=command or _api_call("embed", model_dir=str(model_dir), data=_data_label(data),
+                                             max_cells=max_cells, seed=seed, out=str(out)),
+                versions=versions())
+            out = Path(out)
+            with claim(out):
+                check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
+                             marker=is_prediction_file)
+                with staged(out) as tmp:
+                    emb.write_h5ad(tmp)
         return emb
     finally:
         src.close()

@@ -286,6 +286,29 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
 
 
 @main.command()
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
+@click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
+@click.option("--out", "-o", required=True, metavar="OUT.h5ad", help="Where to write the embedding.")
+@click.option("--condition", "--condition-key", "condition_key", default=None,
+              help="obs column of the condition in DATA [default: the model's].")
+@click.option("--max-cells", type=click.IntRange(min=1), default=None, help="Embed a random subset of this size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --max-cells subset.")
+@click.option("--force", is_flag=True, help="Overwrite an embedding trvae wrote.")
+@click.option("--quiet", "-q", is_flag=True, help="Say nothing on stderr.")
+@click.pass_context
+def embed(ctx, model_dir, data, out, condition_key, max_cells, seed, force, quiet):
+    """Write the latent space of DATA's cells as .h5ad: obs of the cells, obsm["X_trvae"] (z, the
+    posterior mean) and obsm["X_trvae_mmd"] (the MMD layer), for scanpy (sc.pp.neighbors(a, use_rep="X_trvae"))."""
+    from . import api
+
+    emb = api.embed(model_dir, data, condition_key=condition_key, max_cells=max_cells, seed=seed, out=out,
+                    force=force, command=_invocation(ctx))
+    if not quiet:
+        _err(f"wrote the embedding of {emb.n_obs} cells ({emb.obsm['X_trvae'].shape[1]} latent dimensions) to {out}")
+    click.echo(str(out))
+
+
+@main.command()
 @click.option("--pred", "preds", multiple=True, required=True, metavar="PRED.h5ad",
               help="Predicted cells (repeatable: several models in one table).")
 @click.option("--label", "labels", multiple=True, help="Name of each --pred, in order [default: its model's name].")

@@ -94,6 +94,25 @@ class FitResult:
             "weights_sha256": weights_digest(self.model),
         }
 
+    def summary(self) -> dict:
+        """What training did, in words (``text``) and fields: epochs run, early stopping, the epoch kept."""
+        early, s = self.early, self.settings
+        run = len(self.history)
+        stopped = int(early.stopped_epoch) > 0
+        best = int(early.best_epoch) + 1 if early.best_weights is not None else run
+        value = float(early.best) if early.best_weights is not None else None
+        text = f"trained {run} of {s.epochs} epochs"
+        if stopped:
+            text += (f": stopped early, no {self.monitor} improvement in {s.early_stopping_patience} epochs; "
+                     f"kept the weights of epoch {best}")
+        elif early.best_weights is not None and best != run:
+            text += f"; kept the weights of epoch {best}, the best {self.monitor}"
+        if value is not None:
+            text += f" ({self.monitor} {value:.4g})"
+        text += f", {self.seconds:.0f} s"
+        return {"text": text, "epochs_run": run, "epochs": s.epochs, "stopped_early": stopped, "best_epoch": best,
+                "monitor": self.monitor, "best": value, "train_seconds": round(self.seconds, 2)}
+
     def save(self, out: Path, config: dict) -> Path | None:
         """Write the model directory atomically (the chief only; other workers return None)."""
         from ..model_dir import write_model_dir

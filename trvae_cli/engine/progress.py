@@ -47,6 +47,8 @@ def event_logger(progress: str) -> Callable[..., None]:
             print(json_line({"event": event, **fields}), file=sys.stderr, flush=True)
         elif mode in ("text", "rich") and event == "checkpoint":
             print(f"checkpoint after epoch {fields['epoch']}: {fields['path']}", file=sys.stderr, flush=True)
+        elif mode in ("text", "rich") and event == "trained":
+            print(fields["text"], file=sys.stderr, flush=True)
 
     return log
 

@@ -242,7 +242,9 @@ class CellSource:
             obs["trvae_draw"] = np.repeat(np.arange(draws), n)
         obs[condition_key] = pd.Categorical([target] * len(obs), categories=setup.conditions)
         obs["trvae_source_condition"] = pd.Categorical([selection.condition] * len(obs), categories=setup.conditions)
-        pred = ad.AnnData(X=arrays.x, obs=obs, var=pd.DataFrame(index=pd.Index(setup.var_names, name=None)))
+        var = self.adata.var.iloc[self.columns if self.columns is not None else slice(None)].copy()
+        var.index = pd.Index(setup.var_names, name=None)        # the data's gene annotations, model order
+        pred = ad.AnnData(X=arrays.x, obs=obs, var=var)
         pred.obsm["X_trvae"] = arrays.z
         pred.uns["trvae"] = {**record, "data": self.recorded_path or "", "condition_key": condition_key,
                              "cell_type_key": cell_type_key or "", "cell_type": selection.group or "",
