@@ -117,8 +117,8 @@ def train(
 
 def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings, preset,
            o: RunOptions, signals) -> Path | None:
-    from .engine.checkpoint import checkpoint_path
     from .engine.fit import fit, model_record
+    from .model_dir import checkpoint_path
     from .outputs import check_space, is_model_dir
     from .sources import open_source
 

@@ -23,6 +23,12 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def checkpoint_path(model_dir: str | Path) -> Path:
+    """Where an unfinished run keeps its checkpoint (``MODEL_DIR/checkpoint/``)."""
+    return Path(model_dir) / CHECKPOINT_DIR
 
 
 def write_model_dir(out: Path, model, config: dict, history: list[dict]) -> Path:

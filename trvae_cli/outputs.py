@@ -251,12 +251,6 @@ def write_files(writers: Mapping[Path, Callable[[Path], object]]) -> list[Path]:
     return list(writers)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    with staged(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
 # -- markers: what trvae wrote ----------------------------------------------------------------
 
 def is_model_dir(path: Path) -> bool:

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrvaeError
+from ..model_dir import CHECKPOINT_DIR, checkpoint_path  # noqa: F401  (part of this module's interface)
 from ..outputs import staged, stale_parts
 from ..backend import keras_module
 
 keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
-CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.npz"
 CHECKPOINT_FORMAT = 1
@@ -68,10 +68,6 @@ def _number(x):
 
 def _from_number(x):
     return None if x is None else float(x)
-
-
-def checkpoint_path(model_dir: str | Path) -> Path:
-    return Path(model_dir) / CHECKPOINT_DIR
 
 
 class Checkpointer(keras.callbacks.Callback):

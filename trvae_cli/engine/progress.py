@@ -164,17 +164,3 @@ class JsonProgress(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._emit("end")
-
-
-def history_rows(history: dict) -> list[dict]:
-    """Per-epoch rows (epoch, loss, reconstruction, kl, mmd, val_*, lr, seconds)."""
-    n = max((len(v) for v in history.values()), default=0)
-    rows = []
-    for i in range(n):
-        row = {"epoch": i + 1}
-        for key, values in history.items():
-            if i < len(values):
-                value = values[i]
-                row[key] = float(value) if not (isinstance(value, float) and math.isnan(value)) else value
-        rows.append(row)
-    return rows
