@@ -274,8 +274,6 @@ def transform(
         src.check_options(condition_key=condition_key, cell_type_key=cell_type_key, residual_scale=residual_scale,
                           draws=draws)
         decoding = Decoding(decode or src.default_decode, residual_scale, seed, draws).validate()
-        if residual_scale == "auto" and decoding.mode == "counterfactual":
-            defaults["residual-scale"] = "auto"      # resolved by the prediction
         setup.check(src)
         selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
         if out is None and write:
@@ -286,11 +284,13 @@ def transform(
             if out is not None:
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
                              marker=src.output_marker)
-            pred = _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, defaults,
+            pred = _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size,
                             command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data),
                                                  source=source, target=target, cell_type=cell_type, domain=domain,
                                                  decode=decoding.mode, residual_scale=residual_scale, seed=seed,
                                                  draws=draws))
+            if decoding.mode == "counterfactual" and residual_scale == "auto":
+                defaults["residual-scale"] = pred.uns["trvae"]["residual_scale"]    # what auto resolved to
             if out is not None:
                 src.write_prediction(pred, out)
         return Prediction(pred, out, defaults)
@@ -298,7 +298,7 @@ def transform(
         src.close()
 
 
-def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, defaults, command):
+def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, command):
     """Load the model, predict the selection, and build the source's prediction object."""
     import dataclasses
 
@@ -316,8 +316,6 @@ def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, ba
     predicted = predict(model, src.blocks(selection.rows, batch_size), setup.code(source), setup.code(target),
                         decoding, delta=latent_shift(model, cfg.get("latent_arithmetic"), source, target),
                         value_range=src.value_range, auto_residual=src.auto_residual)
-    if decoding.mode == "counterfactual" and defaults.get("residual-scale") == "auto":
-        defaults["residual-scale"] = predicted.residual_scale
     record = {
         "model": str(model_dir.resolve()),
         "model_weights_sha256": cfg.get("result", {}).get("weights_sha256") or "",

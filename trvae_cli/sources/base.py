@@ -102,6 +102,8 @@ class Selection:
     rows: np.ndarray
     condition: str
     group: str | None = None
+    condition_key: str | None = None    # cells: the obs columns the selection was read from
+    group_key: str | None = None
 
 
 class Source(Protocol):

@@ -177,8 +177,7 @@ class CellSource:
             mask &= ct.values == group
             if not mask.any():
                 raise TrvaeError(f"no cells are both {condition_key}={condition!r} and {cell_type_key}={group!r}")
-        self._keys = (condition_key, cell_type_key)
-        return Selection(np.flatnonzero(mask), condition, group)
+        return Selection(np.flatnonzero(mask), condition, group, condition_key, cell_type_key)
 
     def known_rows(self, setup: DataSetup, condition_key=None) -> tuple[np.ndarray, np.ndarray]:
         """(rows, condition codes) of every cell whose condition the model knows (for embedding)."""
@@ -189,7 +188,6 @@ class CellSource:
             raise TrvaeError(f"no cell of {self.name} has a condition the model knows "
                              f"({', '.join(setup.conditions)})")
         rows = np.flatnonzero(known)
-        self._keys = (condition_key, setup.cell_type_key)
         return rows, np.array([setup.code(c) for c in cond[rows]])
 
     def _rows(self, rows: np.ndarray):
@@ -232,7 +230,7 @@ class CellSource:
         import anndata as ad
         import pandas as pd
 
-        condition_key, cell_type_key = self._keys
+        condition_key, cell_type_key = selection.condition_key, selection.group_key
         n, draws = len(selection.rows), arrays.draws
         obs = self.obs(selection.rows)
         if draws > 1:   # draw-major: rows d * n ... (d + 1) * n - 1 are draw d of every cell
