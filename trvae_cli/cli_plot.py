@@ -31,24 +31,30 @@ def plot():
     """Draw the paper's figures (png, pdf or svg, from the --out extension)."""
 
 
-@plot.command("regression")
+@plot.command("regression", short_help="Real vs predicted per-gene mean or variance, with R².")
 @click.option("--pred", required=True, metavar="PRED.h5ad", help="Predicted cells.")
 @_task_options
 @click.option("--variance", is_flag=True, help="Per-gene variance instead of mean.")
 @click.option("--n-degs", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--n-label", type=click.IntRange(min=0), default=10, show_default=True,
               help="Label this many top DEGs.")
+@click.option("--n-subsamples", type=click.IntRange(min=0), default=100, show_default=True,
+              help="R² in the title: mean ± sd over this many subsamples, as evaluate; 0: R² of all cells.")
+@click.option("--subsample-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsamples (as evaluate's).")
 @_out_option
 @_force_option
 def plot_regression(pred, out, force, **kw):
-    """Real vs predicted per-gene mean (or variance), fitted line, R² in the title (Fig. 5b-c)."""
+    """Real vs predicted per-gene mean (or variance) of the target cells: fitted line, y = x, top
+    DEGs labelled, R² of all genes and of the DEGs in the title (the paper's Fig. 5b-c). The R² is
+    evaluate's: the mean ± sd over subsamples, unless --n-subsamples 0."""
     from .plotting import plot_regression as run
 
     run(pred, out, force=force, **kw)
     click.echo(out)
 
 
-@plot.command("gene")
+@plot.command("gene", short_help="Violins of one gene: real source, real target, predictions.")
 @click.argument("gene")
 @click.option("--pred", "preds", multiple=True, required=True, metavar="PRED.h5ad", help="Repeatable.")
 @click.option("--label", "labels", multiple=True, help="Name of each --pred, in order.")
@@ -56,15 +62,17 @@ def plot_regression(pred, out, force, **kw):
 @_out_option
 @_force_option
 def plot_gene(gene, preds, labels, out, force, **kw):
-    """Violins of GENE in real source, real target and each prediction (Fig. 5d)."""
+    """Violins of GENE in the real source cells, the real target cells and each prediction, with
+    each group's mean marked (the paper's Fig. 5d)."""
     from .plotting import plot_gene as run
 
     run(gene, preds, out, labels=labels, force=force, **kw)
     click.echo(out)
 
 
-@plot.command("latent")
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
+@plot.command("latent", short_help="UMAPs of latent z and MMD layer; held-out cells ringed.")
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
+              help="Model directory.")
 @click.option("--data", default=None, help="Cells to embed [default: the model's training data].")
 @click.option("--color", "color", multiple=True, help="obs columns to colour by [default: condition, cell type].")
 @click.option("--max-cells", type=click.IntRange(min=3), default=None, help="Embed a random subset of this size.")
@@ -72,14 +80,15 @@ def plot_gene(gene, preds, labels, out, force, **kw):
 @_out_option
 @_force_option
 def plot_latent(model_dir, data, color, max_cells, seed, out, force):
-    """UMAPs of the latent z and of the MMD layer, by condition and cell type (Fig. 2)."""
+    """UMAPs of the latent z and of the MMD layer, by condition and cell type (the paper's Fig. 2).
+    Cells of the groups held out from training (train --exclude) are ringed in black."""
     from .plotting import plot_latent as run
 
     run(model_dir, out, data=data, color=color or None, max_cells=max_cells, seed=seed, force=force)
     click.echo(out)
 
 
-@plot.command("images")
+@plot.command("images", short_help="Grid of source, transformed and true images.")
 @click.argument("pred_dir")
 @click.option("--truth", default=None, metavar="ROOT",
               help="Folder holding each true target image at the transformed image's relative path "
@@ -95,25 +104,37 @@ def plot_images(pred_dir, truth, n, out, force):
     click.echo(out)
 
 
-@plot.command("history")
-@click.argument("model_dir", default="trvae_model")
+@plot.command("history", short_help="Loss curves per term, training vs validation.")
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
+              help="Model directory.")
+@click.argument("model_arg", required=False, metavar="[MODEL_DIR]")
 @_out_option
 @_force_option
-def plot_history(model_dir, out, force):
-    """Loss curves per term of MODEL_DIR, training vs validation."""
+@click.pass_context
+def plot_history(ctx, model_dir, model_arg, out, force):
+    """Loss curves of a trained model, one panel per term (total loss, reconstruction, KL, MMD,
+    learning rate), training vs validation, best epoch marked. The model is --model DIR, as for
+    the other commands (a positional MODEL_DIR is still accepted)."""
+    from click.core import ParameterSource
+
     from .plotting import plot_history as run
 
+    if model_arg is not None:
+        if ctx.get_parameter_source("model_dir") is not ParameterSource.DEFAULT and model_dir != model_arg:
+            raise click.UsageError(f"two model directories: --model {model_dir} and {model_arg}; give one")
+        model_dir = model_arg
     run(model_dir, out, force=force)
     click.echo(out)
 
 
-@plot.command("compare")
+@plot.command("compare", short_help="Bars of R² (mean ± sd) from evaluate --json files.")
 @click.argument("reports", nargs=-1, required=True, metavar="EVAL.json...")
 @click.option("--no-references", is_flag=True, help="Leave out the identity and mean-shift bars.")
 @_out_option
 @_force_option
 def plot_compare(reports, no_references, out, force):
-    """Bars of R² (mean ± sd) of every prediction in one or more evaluate --json files (Fig. 5e)."""
+    """Bars of R² (mean ± sd over subsamples) of every prediction in one or more evaluate --json
+    files, one panel for all genes and one for the top DEGs (the paper's Fig. 5e)."""
     from .plotting import plot_compare as run
 
     run(reports, out, references=not no_references, force=force)

@@ -20,7 +20,8 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import TrvaeError
-from ..evaluation import R2_METRICS, prepare
+from ..evaluation import R2_METRICS, prepare, provenance
+from ..evaluation import _summary as summarise   # evaluate's mean ± sd of subsampled figures
 from .figures import (
     compare_figure, embedding_figure, figure_format, history_figure, image_grid_figure, regression_figure, save_figure,
     violin_figure,
@@ -50,9 +51,49 @@ def _task_title(task) -> str:
     return f"{what}{task.source} → {task.target}"
 
 
+def _recorded(pred: str | Path) -> dict:
+    """The prediction's ``uns["trvae"]`` record, read without its matrix."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(pred, backed="r")
+    try:
+        return provenance(adata)
+    finally:
+        adata.file.close()
+
+
+def expression_scale(record: dict, layer: str | None) -> str:
+    """What the values are, for axis labels: the matrix (X or the layer) and, where the
+    prediction's record says so, its scale. ``residual_scale`` "counts" means transform found
+    X to be log1p of normalised counts; "log1p" that it treated X as log1p values; "linear",
+    none (mean or sample decoding) or no record at all leave the matrix's name alone."""
+    matrix = f"layer {layer}" if layer else "X"
+    scale = record.get("residual_scale") or ""
+    if scale == "counts":
+        return f"{matrix}, log1p-normalised counts"
+    if scale == "log1p":
+        return f"{matrix}, log1p scale"
+    return matrix
+
+
+def subsample_r2(prep, cand, degs: np.ndarray, *, n_subsamples: int, fraction: float, seed: int) -> dict:
+    """R² over subsamples drawn exactly as :func:`trvae_cli.evaluation.evaluate` draws them (the
+    real cells' stream ``[seed, 0]``, the candidate's ``[seed, stream]``): the same numbers as
+    its report for this prediction. One array per ``R2_METRICS`` key."""
+    real_idx = M.subsample_indices(prep.target.shape[0], fraction, n_subsamples, np.random.default_rng([seed, 0]))
+    pred_idx = M.subsample_indices(cand.x.shape[0], fraction, n_subsamples,
+                                   np.random.default_rng([seed, cand.stream]))
+    return M.subsampled_r2(prep.target, cand.x, degs, real_idx, pred_idx)
+
+
 def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance: bool = False, n_degs: int = 100,
-                    n_label: int = 10, force: bool = False, **task):
+                    n_label: int = 10, n_subsamples: int = 100, subsample_fraction: float = 0.8, seed: int = 0,
+                    force: bool = False, **task):
     """Per-gene mean (or variance) of real target cells vs predicted cells, DEGs highlighted.
+
+    The points are the statistics of all cells. The R² in the title follows ``trvae evaluate``
+    (same defaults): the mean ± sd over ``n_subsamples`` subsamples of ``subsample_fraction``
+    of the cells, drawn as evaluate draws them; ``n_subsamples=0``: R² of the full sets.
 
     ``task``: ``real``, ``condition_key``, ``source``, ``target``, ``cell_type_key``,
     ``cell_type``, ``layer`` (each defaults to what the prediction records).
@@ -61,6 +102,10 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     --------
     >>> fig = plot_regression("nk_model/control_to_stimulated_NK.h5ad", variance=True)  # doctest: +SKIP
     """
+    if n_subsamples < 0:
+        raise TrvaeError(f"--n-subsamples must be >= 0, got {n_subsamples}")
+    if not 0.0 < subsample_fraction <= 1.0:
+        raise TrvaeError(f"--subsample-fraction must be in (0, 1], got {subsample_fraction}")
     out = _check_out(out, force, pred, task.get("real"))
     prep = prepare([pred], n_degs=n_degs, references=False, **task)
     cand = prep.candidates[0]
@@ -68,11 +113,21 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     real, predicted = stat(prep.target), stat(cand.x)
     degs = prep.degs(n_degs)
     name = "variance" if variance else "mean"
-    quantity = "expression variance" if variance else "mean expression"
+    key = "var" if variance else "mean"
+    full_all, full_degs = M.r2(real, predicted), M.r2(real[degs], predicted[degs])
+    if n_subsamples:
+        subs = subsample_r2(prep, cand, degs, n_subsamples=n_subsamples, fraction=subsample_fraction, seed=seed)
+        r2_all, r2_degs = summarise(subs[f"r2_{key}_all"], full_all), summarise(subs[f"r2_{key}_degs"], full_degs)
+        r2 = dict(r2_all=r2_all["mean"], r2_degs=r2_degs["mean"], r2_sd=(r2_all["sd"], r2_degs["sd"]),
+                  r2_basis=f"mean ± sd over {n_subsamples} subsamples of {subsample_fraction:.0%} of the cells, "
+                           "as trvae evaluate")
+    else:
+        r2 = dict(r2_all=full_all, r2_degs=full_degs, r2_basis="full sets of cells")
     t = prep.task
+    scale = expression_scale(_recorded(pred), t.layer)
+    quantity = f"{'expression variance' if variance else 'mean expression'} ({scale})"
     fig = regression_figure(
-        real, predicted, prep.genes, degs, r2_all=M.r2(real, predicted), r2_degs=M.r2(real[degs], predicted[degs]),
-        n_label=min(n_label, n_degs), statistic=name,
+        real, predicted, prep.genes, degs, **r2, n_label=min(n_label, n_degs), statistic=name,
         title=f"{_task_title(t)}, per-gene {name} ({cand.label})",
         xlabel=f"real {t.target}: {quantity}", ylabel=f"predicted {t.target}: {quantity}")
     return _finish(fig, out)
@@ -100,7 +155,8 @@ def plot_gene(gene: str, preds: Sequence[str | Path], out: str | Path | None = N
     groups = {f"real {t.source}": column(prep.source), f"real {t.target}": column(prep.target)}
     for c in prep.candidates:
         groups[c.label] = column(c.x)
-    return _finish(violin_figure(groups, title=f"{gene}, {_task_title(t)}", ylabel=f"{gene} expression"), out)
+    ylabel = f"{gene} expression ({expression_scale(_recorded(preds[0]), t.layer)})"
+    return _finish(violin_figure(groups, title=f"{gene}, {_task_title(t)}", ylabel=ylabel), out)
 
 
 def umap_coordinates(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
@@ -118,21 +174,46 @@ def umap_coordinates(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.
     return np.asarray(a.obsm["X_umap"])
 
 
-def plot_latent(model_dir: str | Path, out: str | Path | None = None, *, data: str | Path | None = None,
-                color: Sequence[str] | None = None, max_cells: int | None = None, seed: int = 0,
-                force: bool = False):
+def held_out_mask(obs, exclude: Sequence[str], group_key: str | None, condition_key: str) -> np.ndarray:
+    """Which rows of ``obs`` are cells the model's ``--exclude GROUP:CONDITION`` kept out of
+    training (all False when the data lack the columns)."""
+    from ..data.anndata_io import parse_exclusions
+
+    mask = np.zeros(len(obs), bool)
+    if not exclude or not group_key or group_key not in obs or condition_key not in obs:
+        return mask
+    groups, conditions = obs[group_key].astype(str).values, obs[condition_key].astype(str).values
+    for group, condition in parse_exclusions(exclude):
+        mask |= (groups == group) & (conditions == condition)
+    return mask
+
+
+def held_out_text(exclude: Sequence[str]) -> str:
+    """``held out from training (NK, stimulated)`` for ``["NK:stimulated"]``."""
+    from ..data.anndata_io import parse_exclusions
+
+    return "held out from training (" + "; ".join(f"{g}, {c}" for g, c in parse_exclusions(exclude)) + ")"
+
+
+def plot_latent(model_dir: str | Path = "trvae_model", out: str | Path | None = None, *,
+                data: str | Path | None = None, color: Sequence[str] | None = None, max_cells: int | None = None,
+                seed: int = 0, force: bool = False):
     """UMAPs of the latent z and of the MMD layer, coloured by condition and cell type (Fig. 2).
 
     One row per space, one column per ``color`` key (default: the model's condition key and,
-    when it has one, its cell-type key).
+    when it has one, its cell-type key). Cells of the groups the model was trained without
+    (``train --exclude``) get a black ring and a legend entry, when the data hold them.
 
     Examples
     --------
     >>> fig = plot_latent("nk_model", max_cells=2000)                                  # doctest: +SKIP
     """
     from ..api import embed
+    from ..model_dir import read_config
+    from ..sources import DataSetup
 
     out = _check_out(out, force, data, containers=[model_dir])
+    setup = DataSetup.from_config(read_config(model_dir))
     emb = embed(model_dir, data, max_cells=max_cells, seed=seed)
     info = emb.uns["trvae"]
     keys = list(color) if color else [info["condition_key"]] + ([info["cell_type_key"]] if info["cell_type_key"] else [])
@@ -141,21 +222,48 @@ def plot_latent(model_dir: str | Path, out: str | Path | None = None, *, data: s
             raise TrvaeError(f"cannot colour by {key!r}: no such obs column")
     if emb.n_obs < 3:
         raise TrvaeError(f"{emb.n_obs} cells: too few for a UMAP")
+    held = held_out_mask(emb.obs, setup.exclude, info["cell_type_key"], info["condition_key"])
     panels = []
     for rep, name in (("X_trvae", "latent z"), ("X_trvae_mmd", "MMD layer")):
         coords = umap_coordinates(emb.obsm[rep], seed)
         emb.obsm[rep + "_umap"] = coords
         for key in keys:
             panels.append((f"{name} ({emb.obsm[rep].shape[1]} dims), by {key}", coords, emb.obs[key].values, key))
-    fig = embedding_figure(panels, ncols=len(keys))
-    fig.suptitle(f"{Path(model_dir).name}: {emb.n_obs} cells", fontsize=10)
+    highlight = (held, f"{held_out_text(setup.exclude)}: {int(held.sum())} cells") if held.any() else None
+    fig = embedding_figure(panels, ncols=len(keys), highlight=highlight)
+    title = f"{Path(model_dir).name}: {emb.n_obs} cells"
+    if setup.exclude and not held.any():
+        title += f"; none {held_out_text(setup.exclude)}"
+    fig.suptitle(title, fontsize=10)
     return _finish(fig, out)
 
 
-HISTORY_TERMS = ("loss", "reconstruction", "kl", "mmd")
+#: the columns of history.csv drawn, with a readable panel title and y-axis label each
+HISTORY_TERMS = {
+    "loss": ("total loss{weights}", "η·recon. + α·KL + β·MMD"),
+    "reconstruction": ("reconstruction error", "½ squared error, {kind}"),
+    "kl": ("KL divergence", "KL(q(z|x) ‖ N(0, I)) per latent dim"),
+    "mmd": ("MMD", "MMD between conditions{mmd_on}"),
+    "learning_rate": ("learning rate", "learning rate"),
+}
+RECONSTRUCTION_KINDS = {"mse": "mean over genes", "sse": "sum over genes"}
 
 
-def plot_history(model_dir: str | Path, out: str | Path | None = None, *, force: bool = False):
+def history_labels(cfg: dict) -> tuple[dict, dict]:
+    """(panel titles, y-axis labels) of the history terms, the model's loss settings filled in."""
+    model = cfg.get("model", {})
+    weights = [f"{sym}={model[key]:g}" for sym, key in (("η", "eta"), ("α", "alpha"), ("β", "beta"))
+               if isinstance(model.get(key), (int, float))]
+    kind = model.get("reconstruction") or "mse"
+    mmd_on = model.get("mmd_on") or cfg.get("training", {}).get("mmd_on")
+    fill = {"weights": f" ({', '.join(weights)})" if weights else "", "kind": RECONSTRUCTION_KINDS.get(kind, kind),
+            "mmd_on": f" ({mmd_on} layer)" if mmd_on and mmd_on != "none" else ""}
+    names = {term: name.format(**fill) for term, (name, _) in HISTORY_TERMS.items()}
+    ylabels = {term: label.format(**fill) for term, (_, label) in HISTORY_TERMS.items()}
+    return names, ylabels
+
+
+def plot_history(model_dir: str | Path = "trvae_model", out: str | Path | None = None, *, force: bool = False):
     """Loss curves of a trained model, one panel per term, training vs validation.
 
     Examples
@@ -180,17 +288,17 @@ def plot_history(model_dir: str | Path, out: str | Path | None = None, *, force:
     terms = [t for t in HISTORY_TERMS if t in rows[0]]
     if cfg.get("training", {}).get("mmd_on") == "none" and "mmd" in terms:
         terms.remove("mmd")
-    if "learning_rate" in rows[0]:
-        terms.append("learning_rate")
     res = cfg.get("result", {})
-    fig = history_figure(rows, terms, best_epoch=res.get("best_epoch"),
+    names, ylabels = history_labels(cfg)
+    fig = history_figure(rows, terms, best_epoch=res.get("best_epoch"), names=names, ylabels=ylabels,
                          title=f"{Path(model_dir).name}: {res.get('epochs_run', len(rows))} epochs, "
                                f"best {res.get('best_epoch')}, {res.get('train_seconds', '?')} s")
     return _finish(fig, out)
 
 
-COMPARE_NAMES = {"r2_mean_all": "mean, all genes", "r2_mean_degs": "mean, top DEGs",
-                 "r2_var_all": "variance, all genes", "r2_var_degs": "variance, top DEGs"}
+#: metric -> (panel, bar group): one panel per gene set, so each title says which genes it scores
+COMPARE_NAMES = {"r2_mean_all": ("all genes", "mean"), "r2_var_all": ("all genes", "variance"),
+                 "r2_mean_degs": ("top-{n} DEGs", "mean"), "r2_var_degs": ("top-{n} DEGs", "variance")}
 
 
 def read_report(path: str | Path) -> dict:
@@ -233,14 +341,23 @@ def plot_compare(reports: Sequence[str | Path], out: str | Path | None = None, *
             kinds.append(res["kind"])
             values.append([res["metrics"][m]["mean"] if res["metrics"].get(m) else np.nan for m in metrics])
             errors.append([res["metrics"][m]["sd"] if res["metrics"].get(m) else np.nan for m in metrics])
-    title = ""
+    settings = [r["settings"] for r in loaded]
+    n_degs = sorted({int(st["n_degs"]) for st in settings})
+    n = "/".join(map(str, n_degs))
+    order = sorted(metrics, key=lambda m: list(COMPARE_NAMES).index(m) if m in COMPARE_NAMES else len(COMPARE_NAMES))
+    columns = [list(metrics).index(m) for m in order]
+    groups = [COMPARE_NAMES[m][0].format(n=n) if m in COMPARE_NAMES else "" for m in order]
+    names = [(m, COMPARE_NAMES[m][1] if m in COMPARE_NAMES else m) for m in order]
+    basis = {(st["n_subsamples"], st["subsample_fraction"]) for st in settings}
+    title = "R², mean ± sd"
+    if len(basis) == 1:
+        k, fraction = next(iter(basis))
+        title += f" over {k} subsamples of {fraction:.0%} of the cells"
     if len(tasks) == 1:
         ct, src, dst = next(iter(tasks))
-        s = loaded[0]["settings"]
-        title = (f"{ct + ': ' if ct else ''}{src} → {dst} (top {s['n_degs']} DEGs; "
-                 f"mean ± sd over {s['n_subsamples']} subsamples)")
-    fig = compare_figure(labels, [(m, COMPARE_NAMES.get(m, m)) for m in metrics], np.array(values, float),
-                         np.array(errors, float), kinds=kinds, title=title)
+        title = f"{ct + ': ' if ct else ''}{src} → {dst}\n{title}"
+    fig = compare_figure(labels, names, np.array(values, float)[:, columns], np.array(errors, float)[:, columns],
+                         kinds=kinds, groups=groups, title=title)
     return _finish(fig, out)
 
 

@@ -40,33 +40,49 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
 
 
 def _figure(width: float, height: float):
+    """A pyplot-free figure on an Agg canvas (headless; it has a renderer for text placement)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _label_points(ax, xs: np.ndarray, ys: np.ndarray, names: Sequence[str], colour: str) -> list:
+    """Text labels at the points, moved apart by adjustText (no two overlap), with leader lines."""
+    from adjustText import adjust_text
+
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    texts = [ax.text(x, y, str(name), fontsize=7, color=colour) for x, y, name in zip(xs, ys, names)]
+    if texts:
+        adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.15, 1.3), iter_lim=1000,
+                    arrowprops=dict(arrowstyle="-", color=colour, lw=0.5))
+    return texts
 
 
 def regression_figure(real: np.ndarray, pred: np.ndarray, genes: Sequence[str], degs: np.ndarray, *,
-                      r2_all: float, r2_degs: float, statistic: str = "mean", n_label: int = 10,
+                      r2_all: float, r2_degs: float, r2_sd: tuple[float, float] | None = None,
+                      r2_basis: str = "full sets of cells", statistic: str = "mean", n_label: int = 10,
                       title: str = "", xlabel: str = "real", ylabel: str = "predicted"):
     """Per-gene ``statistic`` of real (x) vs predicted (y) cells, as in the paper's Fig. 5b-c.
 
     Every gene is a grey point, the top DEGs are blue, the first ``n_label`` DEGs red and
-    labelled; the line is the least-squares fit over all genes.
+    labelled (placed by adjustText so that no two labels overlap); the line is the
+    least-squares fit over all genes. The title gives R² (± ``r2_sd`` when given) and
+    ``r2_basis``, what it was computed on.
     """
     from scipy import stats
 
-    fig = _figure(5.6, 5.2)
+    fig = _figure(5.6, 5.4)
     ax = fig.add_subplot()
     degs = np.asarray(degs, int)
     top = degs[:n_label]
     rest = np.setdiff1d(np.arange(len(real)), degs)
     ax.scatter(real[rest], pred[rest], s=6, c=GREY, alpha=0.6, linewidths=0, label="other genes", rasterized=True)
     ax.scatter(real[degs[n_label:]], pred[degs[n_label:]], s=10, c=DEG_COLOUR, alpha=0.8, linewidths=0,
-               label=f"top {len(degs)} DEGs")
-    ax.scatter(real[top], pred[top], s=18, c=TOP_COLOUR, linewidths=0, label=f"top {len(top)} DEGs")
-    for i in top:
-        ax.annotate(str(genes[i]), (real[i], pred[i]), xytext=(3, 3), textcoords="offset points", fontsize=7,
-                    color=TOP_COLOUR)
+               label=f"top-{len(degs)} DEGs" if len(degs) > n_label else None)
+    ax.scatter(real[top], pred[top], s=18, c=TOP_COLOUR, linewidths=0, label=f"top-{len(top)} DEGs (labelled)")
     fit = stats.linregress(real, pred)
     lo, hi = float(min(real.min(), pred.min())), float(max(real.max(), pred.max()))
     xs = np.array([lo, hi])
@@ -74,8 +90,11 @@ def regression_figure(real: np.ndarray, pred: np.ndarray, genes: Sequence[str], 
     ax.plot(xs, xs, color="black", lw=0.6, ls=":", label="y = x")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\nR² all genes = {r2_all:.3f}, top {len(degs)} DEGs = {r2_degs:.3f}".strip(), fontsize=10)
+    sd_all, sd_degs = ("", "") if r2_sd is None else (f" ± {r2_sd[0]:.3f}", f" ± {r2_sd[1]:.3f}")
+    ax.set_title(f"{title}\nR² all genes = {r2_all:.3f}{sd_all}, top {len(degs)} DEGs = {r2_degs:.3f}{sd_degs}\n"
+                 f"({r2_basis})".strip(), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
+    _label_points(ax, real[top], pred[top], [genes[i] for i in top], TOP_COLOUR)
     return fig
 
 
@@ -89,18 +108,26 @@ def violin_figure(groups: Mapping[str, np.ndarray], *, title: str = "", ylabel: 
     for body, colour in zip(parts["bodies"], PALETTE):
         body.set_facecolor(colour)
         body.set_alpha(0.55)
+    parts["cmeans"].set(color="black", linewidth=1.4, label="mean")
     rng = np.random.default_rng(0)
     for i, values in enumerate(data, start=1):
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=3, c="black", alpha=0.35, linewidths=0,
-                   rasterized=True)
+                   rasterized=True, label="cells" if i == 1 else None)
     ax.set_xticks(range(1, len(names) + 1), [f"{n}\n(n={len(d)})" for n, d in zip(names, data)], fontsize=8)
     ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=2)
     ax.set_title(title, fontsize=10)
     return fig
 
 
-def embedding_figure(panels: Sequence[tuple[str, np.ndarray, Sequence[str], str]], ncols: int = 2):
-    """Scatter panels ``(title, coords (n, 2), labels, legend title)``, coloured by label."""
+def embedding_figure(panels: Sequence[tuple[str, np.ndarray, Sequence[str], str]], ncols: int = 2, *,
+                     highlight: tuple[np.ndarray, str] | None = None):
+    """Scatter panels ``(title, coords (n, 2), labels, legend title)``, coloured by label.
+
+    ``highlight``: ``(boolean mask over the cells, legend text)``; those cells get a black
+    ring in every panel, and the text an entry in a legend for the figure, below the panels
+    (e.g. the cells held out from training).
+    """
     import pandas as pd
 
     nrows = int(np.ceil(len(panels) / ncols))
@@ -121,17 +148,29 @@ def embedding_figure(panels: Sequence[tuple[str, np.ndarray, Sequence[str], str]
         ax.set_yticks([])
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
+        if highlight is not None and np.any(highlight[0]):
+            mask = np.asarray(highlight[0], bool)
+            ring = ax.scatter(coords[mask, 0], coords[mask, 1], s=16, facecolors="none", edgecolors="black",
+                              linewidths=0.5)
     for ax in axes[len(panels):]:
         ax.remove()
+    if highlight is not None and np.any(highlight[0]):
+        fig.legend([ring], [highlight[1]], loc="outside lower center", fontsize=8, frameon=False)
     return fig
 
 
 def history_figure(rows: Sequence[Mapping[str, float]], terms: Sequence[str], *, best_epoch: int | None = None,
+                   names: Mapping[str, str] | None = None, ylabels: Mapping[str, str] | None = None,
                    title: str = ""):
-    """One panel per loss term: training and validation per epoch, best epoch marked."""
+    """One panel per loss term: training and validation per epoch, best epoch marked.
+
+    ``names`` / ``ylabels``: panel title / y-axis label of each term (default: the term).
+    One legend for the whole figure, below the panels.
+    """
+    names, ylabels = names or {}, ylabels or {}
     ncols = min(len(terms), 2)
     nrows = int(np.ceil(len(terms) / ncols))
-    fig = _figure(4.6 * ncols, 3.2 * nrows)
+    fig = _figure(4.6 * ncols, 3.0 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     epochs = np.array([r["epoch"] for r in rows], float)
 
@@ -140,47 +179,63 @@ def history_figure(rows: Sequence[Mapping[str, float]], terms: Sequence[str], *,
 
     for ax, term in zip(axes, terms):
         train, val = column(term), column(f"val_{term}")
-        ax.plot(epochs, train, lw=1.2, label="training")
+        ax.plot(epochs, train, lw=1.2, color=PALETTE[0], label="training")
         if np.isfinite(val).any():
-            ax.plot(epochs, val, lw=1.2, label="validation")
+            ax.plot(epochs, val, lw=1.2, color=PALETTE[1], label="validation")
         if best_epoch:
             ax.axvline(best_epoch, color="black", lw=0.8, ls=":", label=f"best epoch ({best_epoch})")
         positive = np.concatenate([train[np.isfinite(train)], val[np.isfinite(val)]])
         if len(positive) and positive.min() > 0 and positive.max() / positive.min() > 50:
             ax.set_yscale("log")
-        ax.set_title(term, fontsize=10)
+        ax.set_title(names.get(term, term), fontsize=10)
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7, frameon=False)
+        ax.set_ylabel(ylabels.get(term, term), fontsize=8)
     for ax in axes[len(terms):]:
         ax.remove()
+    handles = {}
+    for ax in axes[:len(terms)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
 def compare_figure(labels: Sequence[str], metrics: Sequence[tuple[str, str]], values: np.ndarray,
-                   errors: np.ndarray, *, kinds: Sequence[str] = (), title: str = ""):
+                   errors: np.ndarray, *, kinds: Sequence[str] = (), groups: Sequence[str] | None = None,
+                   title: str = ""):
     """Grouped bars: one group per metric, one bar per label, ``errors`` as error bars (Fig. 5e).
 
     ``values`` and ``errors`` are (len(labels), len(metrics)); reference rows are hatched.
+    ``groups``: a panel title per metric (e.g. "all genes", "top-100 DEGs"); the metrics of one
+    group share a panel, in order of first appearance. One legend for the figure.
     """
     n, m = len(labels), len(metrics)
-    fig = _figure(max(5.0, 1.0 + m * (0.35 * n + 0.6)), 4.2)
-    ax = fig.add_subplot()
+    values, errors = np.asarray(values, float).reshape(n, m), np.asarray(errors, float).reshape(n, m)
+    groups = list(groups) if groups is not None else [""] * m
+    panels = list(dict.fromkeys(groups))
+    fig = _figure(max(5.0, 2.2 + m * (0.35 * n + 0.6) + 0.4 * len(panels)), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True).ravel()
     width = 0.8 / max(n, 1)
-    x = np.arange(m)
-    for i, label in enumerate(labels):
-        ref = i < len(kinds) and kinds[i] == "reference"
-        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values[i], nan=0.0), width,
-               yerr=np.nan_to_num(errors[i], nan=0.0), capsize=2, color=PALETTE[i % len(PALETTE)],
-               alpha=0.45 if ref else 0.9, hatch="//" if ref else None, label=label, edgecolor="white")
-    ax.set_xticks(x, [name for _, name in metrics], fontsize=8)
-    ax.set_ylabel("R²")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", lw=0.4, alpha=0.5)
-    ax.set_axisbelow(True)
+    for ax, panel in zip(axes, panels):
+        cols = [j for j, g in enumerate(groups) if g == panel]
+        x = np.arange(len(cols))
+        for i, label in enumerate(labels):
+            ref = i < len(kinds) and kinds[i] == "reference"
+            ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(values[i, cols], nan=0.0), width,
+                   yerr=np.nan_to_num(errors[i, cols], nan=0.0), capsize=2, color=PALETTE[i % len(PALETTE)],
+                   alpha=0.45 if ref else 0.9, hatch="//" if ref else None, label=label, edgecolor="white")
+        ax.set_xticks(x, [metrics[j][1] for j in cols], fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+        ax.set_axisbelow(True)
+    axes[0].set_ylabel("R²")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right center", frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
