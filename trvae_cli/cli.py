@@ -38,9 +38,11 @@ def _int_list(ctx, param, value):
     return sizes
 
 
-def _invocation(ctx: click.Context, resolved: dict | None = None) -> str:
+def _invocation(ctx: click.Context, resolved: dict | None = None, kind: str | None = None) -> str:
     """The command as it ran, every parameter spelled out (defaults included): reproducible.
-    ``resolved``: the values the run actually used (settings filled in by a preset or the input)."""
+    ``resolved``: the values the run actually used (settings filled in by a preset or the input).
+    ``kind`` ("cells" or "images"): leave out the options that only apply to the other input kind
+    (``only=`` on the option), e.g. ``--filters`` of the conv networks for an .h5ad."""
     words = ctx.command_path.split()
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
@@ -48,6 +50,8 @@ def _invocation(ctx: click.Context, resolved: dict | None = None) -> str:
             value = resolved[param.name]
         if isinstance(param, click.Argument):
             words.append(str(value))
+            continue
+        if kind is not None and getattr(param, "only", None) not in (None, kind):
             continue
         if value is None or param.name in ("quiet", "force", "resume"):
             continue
@@ -63,6 +67,115 @@ def _invocation(ctx: click.Context, resolved: dict | None = None) -> str:
                 v = ",".join(map(str, v))
             words += [param.opts[0], str(v)]
     return shlex.join(words)
+
+
+def _input_kind(data: str) -> str:
+    """"images" or "cells": what ``trvae train`` reads DATA as (decided in :mod:`trvae_cli.sources`)."""
+    from .sources import looks_like_images
+
+    return "images" if looks_like_images(data) else "cells"
+
+
+# --------------------------------------------------------------------------- help layout
+
+class KindOption(click.Option):
+    """An option that applies to one input kind only (``only="cells"`` or ``only="images"``): the
+    recorded command leaves it out for the other kind."""
+
+    def __init__(self, *args, only: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.only = only
+
+
+def cells_option(*decls, **attrs):
+    return click.option(*decls, cls=KindOption, only="cells", **attrs)
+
+
+def images_option(*decls, **attrs):
+    return click.option(*decls, cls=KindOption, only="images", **attrs)
+
+
+class DescribedArgument(click.Argument):
+    """An argument with a ``help`` line, listed in its command's sections like an option."""
+
+    def __init__(self, *args, help: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help = help
+
+    def get_help_record(self, ctx):
+        return self.human_readable_name, self.help
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in named sections.
+
+    ``sections`` maps each heading to the options under it, in order, as one string of flags
+    (any of an option's spellings) and argument names: ``{"Data": "DATA --condition --out", ...}``.
+    An option named in no section is still shown, under "Other options" (and
+    tests/test_help.py fails), so none can silently disappear from the help. The first columns
+    of all sections are aligned.
+    """
+
+    OTHER = "Other options"
+    TERM_WIDTH = 24     # a longer "--option METAVAR" gets a line of its own
+
+    def __init__(self, *args, sections: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sections = {title: tuple(names.split()) for title, names in sections.items()}
+
+    @staticmethod
+    def _names(param: click.Parameter) -> list[str]:
+        if isinstance(param, click.Argument):
+            return [param.human_readable_name]
+        return [*param.opts, *param.secondary_opts]
+
+    def unknown_names(self, ctx: click.Context) -> list[str]:
+        """Names in ``sections`` that are no parameter of this command (typos)."""
+        known = {n for p in self.get_params(ctx) for n in self._names(p)}
+        return [n for names in self.sections.values() for n in names if n not in known]
+
+    def layout(self, ctx: click.Context) -> dict[str, list[click.Parameter]]:
+        """Heading -> the parameters listed under it (those with a help line), in order."""
+        by_name = {n: p for p in self.get_params(ctx) for n in self._names(p)}
+        out: dict[str, list[click.Parameter]] = {}
+        placed: set[int] = set()
+        for title, names in self.sections.items():
+            for name in names:
+                param = by_name.get(name)
+                if param is not None and id(param) not in placed:
+                    placed.add(id(param))
+                    out.setdefault(title, []).append(param)
+        rest = [p for p in self.get_params(ctx) if id(p) not in placed and isinstance(p, click.Option)]
+        if rest:
+            out[self.OTHER] = rest
+        return {title: [p for p in params if p.get_help_record(ctx) is not None]
+                for title, params in out.items()}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = {title: [p.get_help_record(ctx) for p in params] for title, params in self.layout(ctx).items()}
+        col = max((len(term) for records in rows.values() for term, _ in records if len(term) <= self.TERM_WIDTH),
+                  default=0)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(title):
+                    _write_rows(formatter, records, col)
+
+
+def _write_rows(formatter: click.HelpFormatter, rows, col: int) -> None:
+    """click's ``write_dl`` with one first-column width for all sections, wrapping that never splits
+    a word at a hyphen (``--no-conditional`` stays whole); a longer term gets a line of its own."""
+    import textwrap
+
+    indent = " " * formatter.current_indent
+    width = max(formatter.width - formatter.current_indent - col - 2, 20)
+    for term, text in rows:
+        lines = textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+        if len(term) <= col:
+            formatter.write(f"{indent}{term:<{col}}  {lines.pop(0) if lines else ''}".rstrip() + "\n")
+        else:
+            formatter.write(f"{indent}{term}\n")
+        for line in lines:
+            formatter.write(f"{indent}{' ' * (col + 2)}{line}\n")
 
 
 class TrvaeGroup(click.Group):
@@ -94,6 +207,14 @@ class TrvaeGroup(click.Group):
 
             _err(f"error: {io_error(exc)}")
             ctx.exit(74)
+
+    def format_commands(self, ctx, formatter):
+        """Each command's first sentence in full (wrapped, never cut off with "...")."""
+        rows = [(name, cmd.get_short_help_str(limit=sys.maxsize)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(name="trvae", cls=TrvaeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -131,40 +252,42 @@ def _image_size(ctx, param, text):
     return size * 2 if len(size) == 1 else size
 
 
-@main.command()
-@click.argument("data", type=click.Path(path_type=str))
-@click.option("--condition", "--condition-key", "condition_key", default=None,
-              help="obs column holding each cell's condition (.h5ad input; required there).")
-@click.option("--out", "-o", default="trvae_model", show_default=True, help="Model directory to write.")
-@click.option("--cell-type-key", default=None, help="obs column holding cell types (needed by --exclude).")
+TRAIN_SECTIONS = {
+    "Data": "DATA --condition --cell-type-key --exclude --layer --backed --out",
+    "Model": "--preset --hidden --mmd-dim --latent-dim --mmd-on --condition-injection --conditional --alpha --beta "
+             "--eta --reconstruction --dropout --output-activation",
+    "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
+                "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit",
+    "Images only": "--image-size --arch --filters",
+    "Batch job": "--checkpoint-every --resume --threads --strategy --log-format --quiet --force --help",
+}
+
+
+@main.command(cls=SectionedCommand, sections=TRAIN_SECTIONS,
+              short_help="Train on cells (.h5ad) or images and write a model directory.")
+# Data
+@click.argument("data", type=click.Path(path_type=str), cls=DescribedArgument,
+                help="An .h5ad file, or an image folder ROOT/<condition>/[<domain>/] or CSV manifest.")
+@cells_option("--condition", "--condition-key", "condition_key", default=None, metavar="KEY",
+              help="obs column holding each cell's condition (required for .h5ad input).")
+@cells_option("--cell-type-key", default=None, metavar="KEY",
+              help="obs column holding cell types (needed by --exclude).")
 @click.option("--exclude", multiple=True, metavar="CELLTYPE:CONDITION",
               help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample; "
                    "for images DOMAIN:CONDITION, e.g. 3:thick.")
-@click.option("--image-size", callback=_image_size, default=None, metavar="H[xW]",
-              help="Images: read every image at this size (needed when sizes differ).")
-@click.option("--arch", type=click.Choice(ARCHS), default=D.arch,
-              help="Network: mlp for cells; conv (Table 1) or unet (deeper, for 64x64 RGB) for images "
-                   "[default: mlp for .h5ad, conv for image folders].")
-@click.option("--filters", callback=_int_list, default=",".join(map(str, D.filters)), show_default=True,
-              help="Images: filters of the conv blocks (each halves the image size).")
-@click.option("--layer", default=None, help="Use adata.layers[LAYER] instead of X.")
-@click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True)
-@click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True)
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
-              default=D.validation_fraction, show_default=True)
-@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,
-              show_default=True, help="Epochs without validation improvement before stopping (0: never); "
-              "the best weights are restored.")
-@click.option("--lr-patience", type=click.IntRange(min=0), default=D.lr_patience, show_default=True,
-              help="Epochs without improvement before the learning rate is multiplied by --lr-factor (0: off).")
-@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=D.lr_factor, show_default=True)
-@click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True,
-              help="Epochs over which the KL weight ramps from 0 to --alpha.")
+@cells_option("--layer", default=None, metavar="LAYER", help="Use adata.layers[LAYER] instead of X.")
+@cells_option("--backed", is_flag=True,
+              help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
+@click.option("--out", "-o", default="trvae_model", show_default=True, metavar="DIR", help="Model directory to write.")
+# Model
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="trvae", show_default=True,
               help="Starting settings: trvae; mmd-cvae / cvae (MMD on z / no MMD, all else equal); scgen "
               "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win.")
+@click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True, metavar="SIZES",
+              help="Hidden layer sizes of the encoder (the decoder mirrors them).")
+@click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True, metavar="N",
+              help="Width of the MMD layer (first decoder layer) and last encoder layer.")
+@click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True, metavar="N")
 @click.option("--mmd-on", type=click.Choice(MMD_PLACEMENTS), default=D.mmd_on, show_default=True,
               help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
 @click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
@@ -177,14 +300,25 @@ def _image_size(ctx, param, text):
 @click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight.")
 @click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,
               show_default=True)
-@click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True,
-              help="Hidden layer sizes of the encoder (the decoder mirrors them).")
-@click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True,
-              help="Width of the MMD layer (first decoder layer) and last encoder layer.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True,
+              metavar="FLOAT")
 @click.option("--output-activation", type=click.Choice(OUTPUT_ACTIVATIONS), default=D.output_activation,
               show_default=True)
+# Training
+@click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True, metavar="N")
+@click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True, metavar="N")
+@click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True)
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
+              default=D.validation_fraction, show_default=True, metavar="FLOAT")
+@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,
+              show_default=True, metavar="N", help="Epochs without validation improvement before stopping (0: never); "
+              "the best weights are restored.")
+@click.option("--lr-patience", type=click.IntRange(min=0), default=D.lr_patience, show_default=True, metavar="N",
+              help="Epochs without improvement before the learning rate is multiplied by --lr-factor (0: off).")
+@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=D.lr_factor, show_default=True, metavar="FLOAT")
+@click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True, metavar="N",
+              help="Epochs over which the KL weight ramps from 0 to --alpha.")
 @click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
               help="Equal share of every condition in each batch.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
@@ -193,20 +327,28 @@ def _image_size(ctx, param, text):
               "losses in float32.")
 @click.option("--jit/--no-jit", default=D.jit, show_default=True,
               help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
+# Images only
+@images_option("--image-size", callback=_image_size, default=None, metavar="H[xW]",
+               help="Read every image at this size (needed when sizes differ).")
+@images_option("--arch", type=click.Choice(ARCHS), default=D.arch,
+               help="Network: conv (Table 1) or unet (deeper, for 64x64 RGB) [default: conv for images; "
+                    ".h5ad input always uses mlp].")
+@images_option("--filters", callback=_int_list, default=",".join(map(str, D.filters)), show_default=True,
+               metavar="SIZES",
+               help="Filters of the conv blocks (each halves the image size).")
+# Batch job
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Write a checkpoint into OUT/checkpoint/ every N epochs (0: only on SIGTERM/SIGINT).")
 @click.option("--resume", is_flag=True,
               help="Continue from OUT/checkpoint/ (same command otherwise); the result equals an uninterrupted run.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Cap the CPU threads used.")
-@click.option("--backed", is_flag=True,
-              help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N", help="Cap the CPU threads used.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="none",
               show_default=True, help="Data-parallel training with tf.distribute: mirrored = all local GPUs; "
               "multiworker = one process per node, cluster from TF_CONFIG or Slurm (only worker 0 writes OUT).")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS[:-1]), default="auto",
               show_default=True, help="Progress on stderr: auto = a progress bar on a terminal, JSON lines otherwise.")
-@click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, layer, quiet, force, preset,
           checkpoint_every, resume, threads, log_format, backed, strategy, **opts):
@@ -215,7 +357,7 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, lay
 
     options = RunOptions(progress="none" if quiet else log_format, checkpoint_every=checkpoint_every,
                          resume=resume, threads=threads, strategy=strategy, force=force,
-                         command=lambda settings: _invocation(ctx, settings.to_dict()))
+                         command=lambda settings: _invocation(ctx, settings.to_dict(), kind=_input_kind(data)))
     path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
                      backed=backed, image_size=image_size, settings=_given_settings(ctx, opts), preset=preset,
                      options=options)
@@ -226,24 +368,34 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, lay
     click.echo(str(path))
 
 
-@main.command()
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
+TRANSFORM_SECTIONS = {
+    "Data": "--model --data --from --to --cell-type --condition --cell-type-key --backed",
+    "Prediction": "--decode --residual-scale --seed --draws",
+    "Images only": "--domain",
+    "Output": "--out --force --quiet --help",
+}
+
+
+@main.command(cls=SectionedCommand, sections=TRANSFORM_SECTIONS,
+              short_help="Transform cells or images from condition --from to --to.")
+# Data
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
+              help="Model directory.")
 @click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
-@click.option("--from", "source", required=True, help="Condition of the cells to transform.")
-@click.option("--to", "target", required=True, help="Condition to transform them to.")
-@click.option("--out", "-o", default=None,
-              help="Output .h5ad (images: a folder) [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad; images: "
-                   "MODEL/<FROM>_to_<TO>/<DOMAIN|all>/].")
-@click.option("--cell-type", default=None, help="Only transform cells of this cell type.")
-@click.option("--domain", default=None, help="Images: only transform this domain (e.g. the digit 3).")
-@click.option("--condition", "--condition-key", "condition_key", default=None,
+@click.option("--from", "source", required=True, metavar="CONDITION", help="Condition of the cells to transform.")
+@click.option("--to", "target", required=True, metavar="CONDITION", help="Condition to transform them to.")
+@cells_option("--cell-type", default=None, help="Only transform cells of this cell type.")
+@cells_option("--condition", "--condition-key", "condition_key", default=None, metavar="KEY",
               help="obs column of the condition in DATA [default: the model's].")
-@click.option("--cell-type-key", default=None, help="obs column of cell types in DATA [default: the model's].")
+@cells_option("--cell-type-key", default=None, metavar="KEY",
+              help="obs column of cell types in DATA [default: the model's].")
+@cells_option("--backed", is_flag=True, help="Read the selected cells from disk in blocks instead of loading DATA.")
+# Prediction
 @click.option("--decode", type=click.Choice(DECODE_MODES), default=None,
               help="counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise; "
                    "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x). "
                    "Given --seed, every mode is reproducible. [default: counterfactual for cells, mean for images]")
-@click.option("--residual-scale", type=click.Choice(RESIDUAL_SCALES), default="auto",
+@cells_option("--residual-scale", type=click.Choice(RESIDUAL_SCALES), default="auto",
               show_default=True,
               help="How --decode counterfactual applies the change: counts = move each cell's own counts "
                    "(recovered from log1p-normalised X) by a Poisson coupling, which keeps real zeros; log1p = add "
@@ -251,10 +403,15 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, lay
                    "auto = counts where X holds them, else log1p (images: linear, clipped to [0, 1]).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random draws of --decode sample and --residual-scale counts.")
-@click.option("--draws", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+@cells_option("--draws", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="Write K independent draws of every cell (random decodings only): a larger sample of the "
                    "same predicted distribution, draw-major, obs['trvae_draw'] = 0..K-1.")
-@click.option("--backed", is_flag=True, help="Read the selected cells from disk in blocks instead of loading DATA.")
+# Images only
+@images_option("--domain", default=None, help="Only transform this domain (e.g. the digit 3).")
+# Output
+@click.option("--out", "-o", default=None,
+              help="Output .h5ad (images: a folder) [default: MODEL/<FROM>_to_<TO>[_<CELLTYPE>].h5ad; images: "
+                   "MODEL/<FROM>_to_<TO>/<DOMAIN|all>/].")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not report defaults on stderr.")
 @click.pass_context
@@ -285,14 +442,25 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
     click.echo(str(pred.path))
 
 
-@main.command()
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, help="Model directory.")
+EMBED_SECTIONS = {
+    "Data": "--model --data --condition --max-cells --seed",
+    "Output": "--out --force --quiet --help",
+}
+
+
+@main.command(cls=SectionedCommand, sections=EMBED_SECTIONS,
+              short_help="Write the latent space (z and the MMD layer) of DATA as .h5ad.")
+# Data
+@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
+              help="Model directory.")
 @click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
-@click.option("--out", "-o", required=True, metavar="OUT.h5ad", help="Where to write the embedding.")
-@click.option("--condition", "--condition-key", "condition_key", default=None,
+@cells_option("--condition", "--condition-key", "condition_key", default=None, metavar="KEY",
               help="obs column of the condition in DATA [default: the model's].")
-@click.option("--max-cells", type=click.IntRange(min=1), default=None, help="Embed a random subset of this size.")
+@click.option("--max-cells", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Embed a random subset of this size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --max-cells subset.")
+# Output
+@click.option("--out", "-o", required=True, metavar="OUT.h5ad", help="Where to write the embedding.")
 @click.option("--force", is_flag=True, help="Overwrite an embedding trvae wrote.")
 @click.option("--quiet", "-q", is_flag=True, help="Say nothing on stderr.")
 @click.pass_context
@@ -308,26 +476,41 @@ def embed(ctx, model_dir, data, out, condition_key, max_cells, seed, force, quie
     click.echo(str(out))
 
 
-@main.command()
+EVALUATE_SECTIONS = {
+    "Data": "--pred --label --real --condition --from --to --cell-type-key --cell-type --layer",
+    "Metrics": "--n-degs --n-subsamples --subsample-fraction --n-pcs --no-references --seed",
+    "Output": "--json --csv --force --quiet --help",
+}
+
+
+@main.command(cls=SectionedCommand, sections=EVALUATE_SECTIONS,
+              short_help="Score predicted cells against real ones (R², MMD, DEGs).")
+# Data
 @click.option("--pred", "preds", multiple=True, required=True, metavar="PRED.h5ad",
               help="Predicted cells (repeatable: several models in one table).")
 @click.option("--label", "labels", multiple=True, help="Name of each --pred, in order [default: its model's name].")
-@click.option("--real", default=None, help="Real cells (.h5ad) [default: the data the prediction was made from].")
-@click.option("--condition", "--condition-key", "condition_key", default=None,
+@click.option("--real", default=None, metavar="REAL.h5ad",
+              help="Real cells (.h5ad) [default: the data the prediction was made from].")
+@click.option("--condition", "--condition-key", "condition_key", default=None, metavar="KEY",
               help="obs column of the condition [default: the prediction's].")
-@click.option("--from", "source", default=None, help="Source condition [default: the prediction's].")
-@click.option("--to", "target", default=None, help="Target condition [default: the prediction's].")
-@click.option("--cell-type-key", default=None, help="obs column of cell types [default: the prediction's].")
+@click.option("--from", "source", default=None, metavar="CONDITION",
+              help="Source condition [default: the prediction's].")
+@click.option("--to", "target", default=None, metavar="CONDITION", help="Target condition [default: the prediction's].")
+@click.option("--cell-type-key", default=None, metavar="KEY",
+              help="obs column of cell types [default: the prediction's].")
 @click.option("--cell-type", default=None, help="Cell type to score [default: the prediction's].")
-@click.option("--layer", default=None, help="Matrix of --real to use [default: the model's].")
-@click.option("--n-degs", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--layer", default=None, metavar="LAYER", help="Matrix of --real to use [default: the model's].")
+# Metrics
+@click.option("--n-degs", type=click.IntRange(min=1), default=100, show_default=True, metavar="N",
               help="Top DEGs (wilcoxon, real target vs real source).")
-@click.option("--n-subsamples", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--subsample-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True)
-@click.option("--n-pcs", type=click.IntRange(min=1), default=50, show_default=True,
+@click.option("--n-subsamples", type=click.IntRange(min=1), default=100, show_default=True, metavar="N")
+@click.option("--subsample-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+              metavar="FLOAT")
+@click.option("--n-pcs", type=click.IntRange(min=1), default=50, show_default=True, metavar="N",
               help="PCA components of the space where MMD and E-distance are measured.")
 @click.option("--no-references", is_flag=True, help="Leave out the identity and mean-shift rows.")
 @click.option("--seed", type=int, default=0, show_default=True)
+# Output
 @click.option("--json", "json_out", default=None, metavar="OUT.json", help="Write the report as JSON ('-': stdout).")
 @click.option("--csv", "csv_out", default=None, metavar="OUT.csv", help="Write tidy rows (one per metric) as CSV.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
