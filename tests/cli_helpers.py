@@ -1,5 +1,6 @@
 """Running ``trvae`` in-process and checking its outcome (shared by the CLI tests)."""
 
+import numpy as np
 from click.testing import CliRunner
 
 from trvae_cli.cli import main
@@ -60,3 +61,8 @@ def write_bar_images(root, n: int):
     for k, (img, condition, domain) in enumerate(zip(images, conditions, domains)):
         write_png(img, root / condition / domain / f"{k % n:02d}.png")
     return root
+
+
+def dense(x) -> np.ndarray:
+    """A prediction's X (CSR where the input is sparse, dense otherwise) as a dense array."""
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x)

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, assert_user_error, bar_images, invoke
+from cli_helpers import assert_ok, assert_user_error, bar_images, invoke, dense
 from trvae_cli import api
 from trvae_cli.config import ConfigError, RunOptions, TrainSettings
 from trvae_cli.errors import TrvaeError
@@ -36,10 +36,11 @@ def test_anndata_in_memory_gives_the_path_result(tiny_h5ad, tmp_path):
     p1 = api.transform(by_path, tiny_h5ad, source="control", target="stimulated", cell_type="NK", write=False)
     p2 = api.transform(by_object, adata, source="control", target="stimulated", cell_type="NK", write=False)
     assert p1.path is None and p2.path is None                 # write=False writes nothing
-    np.testing.assert_array_equal(np.asarray(p1.adata.X), np.asarray(p2.adata.X))
+    np.testing.assert_array_equal(dense(p1.adata.X), dense(p2.adata.X))
     np.testing.assert_array_equal(p1.adata.obsm["X_trvae"], p2.adata.obsm["X_trvae"])
-    assert list(p2.adata.obs_names) == list(adata.obs_names[(adata.obs["cell_type"] == "NK")
-                                                            & (adata.obs["condition"] == "control")])
+    source_names = list(adata.obs_names[(adata.obs["cell_type"] == "NK") & (adata.obs["condition"] == "control")])
+    assert list(p2.adata.obs["trvae_source_cell"]) == source_names
+    assert list(p2.adata.obs_names) == [f"{n}-pred-stimulated" for n in source_names]
     assert set(p2.adata.obs["condition"]) == {"stimulated"}
     # a model trained on an AnnData has no file to fall back on
     with pytest.raises(TrvaeError, match="in-memory"):
@@ -235,9 +236,14 @@ def test_prediction_keeps_the_gene_annotations_and_training_says_what_it_did(tin
     said = capsys.readouterr().err
     history = (tmp_path / "m" / "history.csv").read_text().splitlines()
     epochs_run = len(history) - 1
-    assert f"trained {epochs_run} of 6 epochs" in said
+    phases = ["reading the AnnData", "building the model", "training", "saving the model to"]
+    assert all(p in said for p in phases) and [said.index(p) for p in phases] == sorted(said.index(p) for p in phases)
     if epochs_run < 6:                                    # patience 1: it may stop, and must then say so
-        assert "stopped early" in said and "kept the weights of epoch" in said
+        assert f"stopped early at epoch {epochs_run} of 6 (no val_loss improvement in 1 epochs)" in said
+        assert "restored the best epoch" in said
+    else:
+        assert "trained 6 of 6 epochs" in said
+    assert "left)" in said                                 # the time left, from the second epoch on
     pred = api.transform(model, adata[:, ::-1].copy(), source="control", target="stimulated", write=False)
     assert list(pred.adata.var_names) == list(adata.var_names)          # the model's order
     assert list(pred.adata.var["symbol"]) == list(adata.var["symbol"])

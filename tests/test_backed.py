@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, invoke, dense
 from trvae_cli.data.backed import BackedMatrix, ChunkPlan
 
 
@@ -57,8 +57,8 @@ def test_backed_transform_equals_in_memory(trained_model, tmp_path):
     for decode in ("counterfactual", "mean"):
         assert_ok(_transform(trained_model, tmp_path / f"m_{decode}.h5ad", "--decode", decode))
         assert_ok(_transform(trained_model, tmp_path / f"b_{decode}.h5ad", "--decode", decode, "--backed"))
-        np.testing.assert_array_equal(np.asarray(ad.read_h5ad(tmp_path / f"m_{decode}.h5ad").X),
-                                      np.asarray(ad.read_h5ad(tmp_path / f"b_{decode}.h5ad").X))
+        np.testing.assert_array_equal(dense(ad.read_h5ad(tmp_path / f"m_{decode}.h5ad").X),
+                                      dense(ad.read_h5ad(tmp_path / f"b_{decode}.h5ad").X))
 
 
 def test_backed_training_is_recorded_and_transforms(tiny_h5ad, fast_train_args, tmp_path):

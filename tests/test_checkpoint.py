@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, invoke, dense
 
 ARGS = ["--condition", "condition", "--cell-type-key", "cell_type", "--exclude", "NK:stimulated",
         "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "--dropout", "0.1",
@@ -104,10 +104,18 @@ def test_json_log_lines_and_threads(tiny_h5ad, tmp_path):
                     "--threads", "1")
     assert_ok(result)
     events = [json.loads(l) for l in result.stderr.splitlines() if l.startswith("{")]
-    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "epoch", "end", "trained", "result"]
-    trained = events[5]
-    assert trained["epochs_run"] == 3 and trained["epochs"] == 3 and trained["text"].startswith("trained 3 of 3")
+    assert [e["event"] for e in events] == ["phase", "phase", "phase", "start", "epoch", "epoch", "epoch", "end",
+                                            "phase", "result"]
+    assert [e["phase"] for e in events if e["event"] == "phase"] == ["reading", "building", "training", "saving"]
+    events = [e for e in events if e["event"] != "phase"]
+    start, end = events[0], events[4]
+    assert (start["cells"], start["genes"], start["conditions"]) == (1206, 40, ["control", "stimulated", "inhibited"])
+    assert start["held_out"] == ["NK:stimulated"] and start["n_train"] + start["n_validation"] + start[
+        "cells_excluded"] == 1206
+    assert end["epochs_run"] == 3 and end["epochs"] == 3 and end["text"].startswith("trained 3 of 3")
+    assert {"best_epoch", "stopped_early", "best", "monitor"} <= set(end)
     assert [e["epoch"] for e in events[1:4]] == [1, 2, 3]
+    assert events[1]["eta_seconds"] > 0 and events[3]["eta_seconds"] == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert events[-1]["weights_sha256"] == config["result"]["weights_sha256"] and events[-1]["written"] is True
     assert all({"loss", "val_loss", "kl", "mmd", "seconds", "learning_rate", "time"} <= set(e) for e in events[1:4])
@@ -134,4 +142,4 @@ def test_mixed_precision_trains_and_transforms(tiny_h5ad, tmp_path, precision):
     pred = tmp_path / "p.h5ad"
     assert_ok(invoke("transform", "--model", out, "--from", "control", "--to", "stimulated", "--cell-type", "NK",
                      "--out", pred, "-q"))
-    assert np.isfinite(np.asarray(ad.read_h5ad(pred).X)).all()
+    assert np.isfinite(dense(ad.read_h5ad(pred).X)).all()

@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 import trvae_cli
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, invoke, dense
 
 CONDITIONS = ["control", "stimulated", "inhibited"]
 
@@ -150,9 +150,10 @@ def test_train_then_transform_out_of_sample(trained_model, tiny):
     nk_control = ((tiny.obs["cell_type"] == "NK") & (tiny.obs["condition"] == "control")).values
     pred = ad.read_h5ad(path)
     assert pred.X.shape == (int(nk_control.sum()), 40)
-    assert np.isfinite(np.asarray(pred.X)).all()
+    assert np.isfinite(dense(pred.X)).all()
     assert list(pred.var_names) == list(tiny.var_names)
-    assert list(pred.obs_names) == list(tiny.obs_names[nk_control])
+    assert list(pred.obs["trvae_source_cell"]) == list(tiny.obs_names[nk_control])
+    assert list(pred.obs_names) == [f"{n}-pred-stimulated" for n in tiny.obs_names[nk_control]]
     assert (pred.obs["condition"].astype(str) == "stimulated").all()
     assert (pred.obs["trvae_source_condition"].astype(str) == "control").all()
     assert (pred.obs["cell_type"].astype(str) == "NK").all()
@@ -263,7 +264,7 @@ def _transform_x(model, out, *extra):
                     "--cell-type", "NK", "--out", out, "-q", *extra)
     assert_ok(result)
     assert result.stdout == f"{out}\n"
-    return np.asarray(ad.read_h5ad(out).X)
+    return dense(ad.read_h5ad(out).X)
 
 
 def test_default_and_mean_decoding_are_deterministic(trained_model, tmp_path):

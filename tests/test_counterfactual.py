@@ -4,7 +4,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from cli_helpers import assert_ok, invoke
+from cli_helpers import assert_ok, invoke, dense
 from trvae_cli.counterfactual import counterfactual, poisson_coupling, recover_counts
 from tolerances import U, U64, assert_within
 
@@ -165,10 +165,10 @@ def test_transform_counterfactual_equals_the_formula(trained_model, tiny_h5ad, t
     conds = cfg["data"]["conditions"]
     z, _ = model.encode(x, conds.index("control"))
     f_s, _ = model.decode(z, conds.index("control"))
-    f_t = np.asarray(ad.read_h5ad(tmp_path / "mean.h5ad").X)
+    f_t = dense(ad.read_h5ad(tmp_path / "mean.h5ad").X)
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
-    np.testing.assert_allclose(np.asarray(cf.X), counterfactual(x, f_t, f_s, "log1p"), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "lin.h5ad").X),
+    np.testing.assert_allclose(dense(cf.X), counterfactual(x, f_t, f_s, "log1p"), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dense(ad.read_h5ad(tmp_path / "lin.h5ad").X),
                                counterfactual(x, f_t, f_s, "linear"), rtol=1e-4, atol=1e-4)
     assert cf.uns["trvae"]["decode"] == "counterfactual" and cf.uns["trvae"]["residual_scale"] == "log1p"
 
@@ -183,9 +183,9 @@ def test_default_moves_counts_seeded_and_falls_back_to_log1p(trained_model, tiny
         assert "using default --residual-scale counts" in result.output
         runs[name] = ad.read_h5ad(tmp_path / f"{name}.h5ad")
     assert runs["a"].uns["trvae"]["residual_scale"] == "counts"
-    np.testing.assert_array_equal(np.asarray(runs["a"].X), np.asarray(runs["b"].X))
-    assert not np.array_equal(np.asarray(runs["a"].X), np.asarray(runs["c"].X))
-    assert recover_counts(np.asarray(runs["a"].X)) is not None        # still log1p of whole counts
+    np.testing.assert_array_equal(dense(runs["a"].X), dense(runs["b"].X))
+    assert not np.array_equal(dense(runs["a"].X), dense(runs["c"].X))
+    assert recover_counts(dense(runs["a"].X)) is not None        # still log1p of whole counts
 
     data = ad.read_h5ad(tiny_h5ad)
     data.X = np.asarray(data.X.toarray()) * 1.01                     # no longer counts
@@ -238,8 +238,8 @@ def test_draws_write_independent_draws_of_every_cell(trained_model, tmp_path):
     assert b.n_obs == 3 * n and b.uns["trvae"]["draws"] == 3
     assert list(b.obs["trvae_draw"]) == [0] * n + [1] * n + [2] * n
     assert list(b.obs_names[:2]) == [f"{a.obs_names[0]}-0", f"{a.obs_names[1]}-0"]
-    np.testing.assert_array_equal(np.asarray(b.X[:n]), np.asarray(a.X))       # draw 0 = the --draws 1 output
-    assert not np.array_equal(np.asarray(b.X[n:2 * n]), np.asarray(b.X[:n]))   # the others are new draws
+    np.testing.assert_array_equal(dense(b.X[:n]), dense(a.X))       # draw 0 = the --draws 1 output
+    assert not np.array_equal(dense(b.X[n:2 * n]), dense(b.X[:n]))   # the others are new draws
     assert (b.obs["condition"] == "stimulated").all()
 
 

@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from cli_helpers import assert_ok, assert_user_error, invoke
+from cli_helpers import assert_ok, assert_user_error, dense, invoke
 
 from trvae_cli.evaluation import POINT_METRICS, R2_METRICS, evaluate
 from trvae_cli.report import report_frame
@@ -75,7 +75,7 @@ def test_r2_agrees_with_an_independent_implementation(report, preds, tiny):
     import scanpy as sc
 
     src, dst, *_ = _groups(tiny)
-    pred = ad.read_h5ad(preds["cf"]).X
+    pred = dense(ad.read_h5ad(preds["cf"]).X)
     nk = tiny[tiny.obs["cell_type"] == "NK"].copy()
     sc.tl.rank_genes_groups(nk, "condition", groups=["stimulated"], reference="control", method="wilcoxon")
     degs = [list(tiny.var_names).index(g) for g in [row[0] for row in nk.uns["rank_genes_groups"]["names"]][:10]]
@@ -245,7 +245,7 @@ def test_fewer_than_two_real_cells(preds, tiny, work):
 
 def test_nan_in_prediction(preds, work):
     def poison(a):
-        a.X = np.asarray(a.X).copy()
+        a.X = dense(a.X).copy()
         a.X[0, 0] = np.nan
     path = _variant(preds, work, "nan", poison)
     assert_user_error(invoke("evaluate", "--pred", path, *FAST), "NaN")

@@ -259,3 +259,9 @@ def test_transform_and_embed_missing_data_is_said_before_the_output(trained_mode
             line = assert_user_error(runner.invoke(main, [str(a) for a in args]), "not found", missing)
             assert "output exists" not in line, args
         assert open("p.h5ad").read() == "mine"
+
+
+def test_train_without_condition_says_so_before_the_output(tiny_h5ad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trvae_model").mkdir()
+    assert_user_error(invoke("train", str(tiny_h5ad)), "--condition is required")

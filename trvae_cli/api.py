@@ -20,7 +20,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -118,14 +118,22 @@ def train(
 def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings, preset,
            o: RunOptions, signals) -> Path | None:
     from .engine.fit import fit, model_record
+    from .engine.progress import event_logger
     from .model_dir import checkpoint_path
     from .outputs import check_space, is_model_dir
     from .sources import open_source
 
+    from .sources import looks_like_images
+
+    if condition_key is None and not looks_like_images(data):    # the input's own needs before the output's
+        raise TrvaeError("--condition is required for .h5ad input (the obs column of the conditions)")
     if o.resume and not checkpoint_path(out).is_dir():
         raise TrvaeError(f"--resume: no checkpoint in {out} (expected {checkpoint_path(out)}/)")
     if not o.resume:
         check_target(out, o.force, what="model directory", inputs=[_input_path(data)], marker=is_model_dir)
+    log = event_logger(o.progress)
+    log("phase", phase="reading", data=str(data) if isinstance(data, (str, Path)) else f"the {_data_label(data)}"
+        if not isinstance(data, tuple) else "the image arrays")
     source = open_source(data, layer=layer, backed=backed, image_size=image_size)
     try:
         if isinstance(settings, TrainSettings):
@@ -141,7 +149,7 @@ def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, imag
         check_space(out.parent, _model_bytes(training.example_shape, s), f"the model directory {out}")
         signals.check("before training started")
         result = fit(training, s, out, o, signals)
-        result.log("trained", **result.summary())
+        result.log("end", **result.summary())
         # from here the trained model is only in memory: a signal waits until it is saved
         source.record_split(setup, result.n_train, result.n_validation)
         data_record, var_names = setup.to_config()
@@ -156,6 +164,7 @@ def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, imag
             from .predict import latent_means
 
             config["latent_arithmetic"] = latent_means(result.model, source, rows, training.labels, setup)
+        log("phase", phase="saving", out=str(out))
         path = result.save(out, config)
         if signals.received:
             o.warning(f"{signals.received} arrived while the model was being saved; the model is complete")
@@ -178,15 +187,25 @@ def _model_bytes(example_shape, s: TrainSettings) -> int:
     return 3 * 4 * 2 * features * max(widths) + (1 << 20)
 
 
-@dataclass
 class Prediction:
     """What :func:`transform` made: the predictions as an AnnData, where they were written, and
     which defaults were filled in. Images: ``adata.X`` holds the flattened pixels, ``images`` the
-    (n, H, W, C) array and ``adata.obs["output"]`` each image's path under ``path``."""
+    (n, H, W, C) array and ``adata.obs["output"]`` each image's path under ``path``.
 
-    adata: object   # anndata.AnnData
-    path: Path | None
-    defaults_used: dict = field(default_factory=dict)
+    Cells written to ``path`` were written block by block and are read back from it on first use of
+    ``adata`` (backed, ``"r"``, when the transform was: X stays on disk).
+    """
+
+    def __init__(self, adata, path: Path | None, defaults_used: dict | None = None, *, backed: bool = False):
+        self._adata, self.path, self.defaults_used, self.backed = adata, path, dict(defaults_used or {}), backed
+
+    @property
+    def adata(self):
+        if self._adata is None:
+            import anndata as ad
+
+            self._adata = ad.read_h5ad(self.path, backed="r" if self.backed else None)
+        return self._adata
 
     @property
     def images(self) -> np.ndarray | None:
@@ -194,6 +213,9 @@ class Prediction:
         if shape is None:
             return None
         return np.asarray(self.adata.X, np.float32).reshape(self.adata.n_obs, *[int(v) for v in shape])
+
+    def __repr__(self) -> str:
+        return f"Prediction(path={self.path!r}, defaults_used={self.defaults_used!r})"
 
 
 def transform(
@@ -284,27 +306,31 @@ def transform(
             if out is not None:
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
                              marker=src.output_marker)
-            pred = _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size,
-                            command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data),
-                                                 source=source, target=target, cell_type=cell_type, domain=domain,
-                                                 decode=decoding.mode, residual_scale=residual_scale, seed=seed,
-                                                 draws=draws))
+            stream, record = _prediction_stream(
+                model_dir, cfg, src, setup, selection, source, target, decoding, batch_size,
+                command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data), source=source,
+                                     target=target, cell_type=cell_type, domain=domain, decode=decoding.mode,
+                                     residual_scale=residual_scale, seed=seed, draws=draws))
+            if out is not None:    # block by block (cells: one block in memory, not N x G)
+                pred = src.write_stream(stream, selection, setup, target, record, out)
+            else:
+                from .predict import collect
+
+                pred = src.prediction(collect(stream, sparse=src.sparse_output), selection, setup, target, record)
             if decoding.mode == "counterfactual" and residual_scale == "auto":
-                defaults["residual-scale"] = pred.uns["trvae"]["residual_scale"]    # what auto resolved to
-            if out is not None:
-                src.write_prediction(pred, out)
-        return Prediction(pred, out, defaults)
+                defaults["residual-scale"] = stream.residual_scale    # what auto resolved to
+        return Prediction(pred, out, defaults, backed=backed)
     finally:
         src.close()
 
 
-def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, command):
-    """Load the model, predict the selection, and build the source's prediction object."""
+def _prediction_stream(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, command):
+    """Load the model; (the selection's :class:`~trvae_cli.predict.PredictionStream`, the provenance record)."""
     import dataclasses
 
     from .backend import versions
     from .model_dir import load_model
-    from .predict import latent_shift, predict
+    from .predict import PredictionStream, latent_shift
 
     if src.check_values(selection.rows, setup) < 0 and decoding.mode == "counterfactual":
         if decoding.residual_scale in ("counts", "log1p"):
@@ -313,19 +339,20 @@ def _predict(model_dir, cfg, src, setup, selection, source, target, decoding, ba
         decoding = dataclasses.replace(decoding, residual_scale="linear")   # what auto means for such data
     seed, draws = decoding.seed, decoding.draws
     cfg, model = load_model(model_dir, cfg)
-    predicted = predict(model, src.blocks(selection.rows, batch_size), setup.code(source), setup.code(target),
-                        decoding, delta=latent_shift(model, cfg.get("latent_arithmetic"), source, target),
-                        value_range=src.value_range, auto_residual=src.auto_residual)
+    stream = PredictionStream(model, lambda: src.blocks(selection.rows, batch_size), setup.code(source),
+                              setup.code(target), decoding,
+                              delta=latent_shift(model, cfg.get("latent_arithmetic"), source, target),
+                              value_range=src.value_range, auto_residual=src.auto_residual)
     record = {
         "model": str(model_dir.resolve()),
         "model_weights_sha256": cfg.get("result", {}).get("weights_sha256") or "",
         "from": source, "to": target, "decode": decoding.mode,
-        "residual_scale": predicted.residual_scale or "", "seed": int(seed), "draws": int(draws),
+        "seed": int(seed), "draws": int(draws),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "versions": versions(),
     }
-    return src.prediction(predicted, selection, setup, target, record)
+    return stream, record
 
 
 def embed(

@@ -75,7 +75,13 @@ class Candidate:
 def provenance(adata) -> dict:
     """What ``trvae transform`` recorded in ``uns["trvae"]`` (empty for other predictions)."""
     info = adata.uns.get("trvae", {}) if hasattr(adata, "uns") else {}
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(info).items()}
+
+    def plain(v):
+        if isinstance(v, np.ndarray) and v.ndim:
+            return v.tolist()
+        return v.item() if hasattr(v, "item") else v
+
+    return {k: plain(v) for k, v in dict(info).items()}
 
 
 def resolve_task(pred_infos: Sequence[dict], real=None, condition_key=None, source=None, target=None,

@@ -18,7 +18,7 @@ order, so the result does not depend on the block size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -64,12 +64,23 @@ class Decoding:
 
 @dataclass
 class Predicted:
-    """Predictions of n items: ``x`` (draws * n rows, draw-major), their ``z``, the residual scale used."""
+    """Predictions of n items: ``x`` (draws * n rows, draw-major; dense, or CSR when collected sparse),
+    their ``z``, the residual scale used."""
 
-    x: np.ndarray
+    x: object
     z: np.ndarray
     draws: int
     residual_scale: str | None
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of predictions: rows ``start ... start + len(x) - 1`` of draw ``draw``."""
+
+    draw: int
+    start: int
+    x: np.ndarray
+    z: np.ndarray
 
 
 def latent_shift(model, arithmetic: dict | None, source: str, target: str) -> np.ndarray | None:
@@ -107,53 +118,110 @@ def _resolve_scale(scale: str, x: np.ndarray, first: bool, n_random: int, rows: 
     return counts, scale
 
 
-def predict(model, blocks: Iterable[np.ndarray], source_code: int, target_code: int, decoding: Decoding, *,
-            delta: np.ndarray | None = None, value_range: tuple[float, float] | None = None,
-            auto_residual: str | None = None) -> Predicted:
-    """Predict the items of ``blocks`` (arrays of rows, in order) moved from ``source_code`` to ``target_code``.
+class PredictionStream:
+    """The predictions of a selection, block by block: iterate for :class:`Block` s, draw-major (every
+    block of draw 0, then of draw 1, ...), so a writer can append rows in order and hold one block.
 
-    ``delta``: scGen's latent shift (unconditional models); ``value_range``: clip the predictions to it
-    (images); ``auto_residual``: what residual scale "auto" means (None: counts where the first block
-    holds them, else log1p; images: linear).
+    ``blocks`` is a callable giving a fresh iterator of source blocks (arrays of rows, in order); it is
+    read once per draw. Each draw's random stream is consumed block by block in order, so the result
+    depends on neither the block size nor whether it is streamed or collected. After iterating,
+    ``residual_scale`` is the counterfactual's scale as used (what "auto" resolved to).
+    """
+
+    def __init__(self, model, blocks: Callable[[], Iterable[np.ndarray]], source_code: int, target_code: int,
+                 decoding: Decoding, *, delta: np.ndarray | None = None,
+                 value_range: tuple[float, float] | None = None, auto_residual: str | None = None):
+        self.model, self.blocks, self.decoding = model, blocks, decoding
+        self.source_code, self.target_code = source_code, target_code
+        self.delta, self.value_range = delta, value_range
+        self.draws = int(decoding.draws)
+        scale = auto_residual if auto_residual and decoding.residual_scale == "auto" else decoding.residual_scale
+        self._scale = scale
+
+    @property
+    def residual_scale(self) -> str | None:
+        return self._scale if self.decoding.mode == "counterfactual" else None
+
+    def __iter__(self) -> Iterator[Block]:
+        model, decoding = self.model, self.decoding
+        for d, rng in enumerate(self.decoding.generators()):
+            start = 0
+            for x in self.blocks():
+                n = len(x)
+                z_mean, z_log_var = model.encode(x, self.source_code)
+                if decoding.mode == "counterfactual":
+                    z = _shifted(z_mean, self.delta)
+                    f_target = model.decode(z, self.target_code)[0]
+                    f_source = model.decode(z_mean, self.source_code)[0]
+                    flat = x.reshape(n, -1)
+                    counts, self._scale = _resolve_scale(self._scale, flat, d == 0 and start == 0, self.draws,
+                                                         f"{start}-{start + n - 1}")
+                    y = counterfactual(flat, f_target.reshape(n, -1), f_source.reshape(n, -1), self._scale,
+                                       rng=rng, counts=counts).reshape(f_target.shape)
+                else:
+                    z = model.sample_latent(z_mean, z_log_var, rng) if decoding.mode == "sample" else z_mean
+                    z = _shifted(z, self.delta)
+                    y = model.decode(z, self.target_code)[0]
+                if self.value_range is not None:
+                    y = np.clip(y, *self.value_range)
+                yield Block(d, start, np.asarray(y, np.float32), z)
+                start += n
+            if start == 0:
+                raise TrvaeError("nothing to transform: the selection is empty")
+
+
+def predict(model, blocks, source_code: int, target_code: int, decoding: Decoding, *,
+            delta: np.ndarray | None = None, value_range: tuple[float, float] | None = None,
+            auto_residual: str | None = None, sparse: bool | None = False) -> Predicted:
+    """Predict the items of ``blocks`` moved from ``source_code`` to ``target_code``, all in memory.
+
+    ``blocks``: a callable giving a fresh iterator of source blocks (or, with one draw, the iterator
+    itself); ``delta``: scGen's latent shift (unconditional models); ``value_range``: clip the
+    predictions to it (images); ``auto_residual``: what residual scale "auto" means (None: counts
+    where the first block holds them, else log1p; images: linear); ``sparse``: collect x as CSR,
+    block by block (the dense N x G array is never built).
 
     Examples
     --------
-    >>> pred = predict(model, source.blocks(rows), 0, 1, Decoding("mean"))   # doctest: +SKIP
-    >>> pred.x.shape                                                         # doctest: +SKIP
+    >>> pred = predict(model, lambda: source.blocks(rows), 0, 1, Decoding("mean"))   # doctest: +SKIP
+    >>> pred.x.shape                                                                 # doctest: +SKIP
     """
-    rngs = decoding.generators()
-    scale = auto_residual if auto_residual and decoding.residual_scale == "auto" else decoding.residual_scale
-    xs: list[list[np.ndarray]] = [[] for _ in rngs]
-    zs: list[list[np.ndarray]] = [[] for _ in rngs]
-    start = 0
-    for x in blocks:
-        n = len(x)
-        z_mean, z_log_var = model.encode(x, source_code)
-        if decoding.mode == "counterfactual":
-            z = _shifted(z_mean, delta)
-            f_target = model.decode(z, target_code)[0]
-            f_source = model.decode(z_mean, source_code)[0]
-            flat = x.reshape(n, -1)
-            counts, scale = _resolve_scale(scale, flat, start == 0, len(rngs), f"{start}-{start + n - 1}")
-            for d, rng in enumerate(rngs):
-                y = counterfactual(flat, f_target.reshape(n, -1), f_source.reshape(n, -1), scale, rng=rng,
-                                   counts=counts).reshape(f_target.shape)
-                xs[d].append(y)
-                zs[d].append(z)
-        else:
-            for d, rng in enumerate(rngs):
-                z = model.sample_latent(z_mean, z_log_var, rng) if decoding.mode == "sample" else z_mean
-                z = _shifted(z, delta)
-                xs[d].append(model.decode(z, target_code)[0])
-                zs[d].append(z)
-        start += n
-    if start == 0:
-        raise TrvaeError("nothing to transform: the selection is empty")
-    x_all = np.concatenate([np.concatenate(parts) for parts in xs])
-    if value_range is not None:
-        x_all = np.clip(x_all, *value_range)
-    return Predicted(x=x_all.astype(np.float32, copy=False), z=np.concatenate([np.concatenate(p) for p in zs]),
-                     draws=len(rngs), residual_scale=scale if decoding.mode == "counterfactual" else None)
+    if not callable(blocks):
+        if decoding.draws > 1:
+            raise TypeError("several draws read the blocks once each: pass a callable giving the blocks")
+        once = blocks
+        blocks = lambda: once   # noqa: E731
+    stream = PredictionStream(model, blocks, source_code, target_code, decoding, delta=delta,
+                              value_range=value_range, auto_residual=auto_residual)
+    return collect(stream, sparse=sparse)
+
+
+def collect(stream: "PredictionStream", sparse: bool | None = False) -> Predicted:
+    """Every block of ``stream`` in memory. ``sparse``: X as CSR, built block by block (the dense
+    N x G array is never held); None: CSR when the first block's density is at most
+    :data:`~trvae_cli.data.h5ad_writer.SPARSE_MAX_DENSITY`, as the streamed writer decides."""
+    from .data.h5ad_writer import SPARSE_MAX_DENSITY
+
+    xs, zs = [], []
+    for block in stream:
+        if sparse is None:
+            x0 = block.x
+            sparse = bool(x0.size == 0 or np.count_nonzero(x0) / x0.size <= SPARSE_MAX_DENSITY)
+        xs.append(_csr(block.x) if sparse else block.x)
+        zs.append(block.z)
+    if sparse:
+        import scipy.sparse as sp
+
+        x = sp.vstack(xs, format="csr", dtype=np.float32)
+    else:
+        x = np.concatenate(xs)
+    return Predicted(x=x, z=np.concatenate(zs), draws=stream.draws, residual_scale=stream.residual_scale)
+
+
+def _csr(x: np.ndarray):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(x.reshape(len(x), -1).astype(np.float32, copy=False))
 
 
 def encode_items(model, blocks: Iterable[np.ndarray], codes: np.ndarray, *, with_mmd_layer: bool = False):

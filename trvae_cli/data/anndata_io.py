@@ -7,6 +7,7 @@ what was found.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +202,32 @@ def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str], *, data_
             f"(e.g. {_preview(list(missing), 5)})"
         )
     return data_genes.get_indexer(model_genes)
+
+
+# Per-cell QC columns of scanpy (calculate_qc_metrics, filter_cells) and Seurat: the gene counts are
+# recomputed from a prediction, the count totals dropped (a prediction holds normalised values, no
+# library size). Matched on the whole column name.
+_GENES_DETECTED = {"n_genes": np.int64, "n_genes_by_counts": np.int64, "nFeature_RNA": np.int64}
+_LOG_GENES_DETECTED = ("log1p_n_genes_by_counts",)
+_COUNT_TOTALS = re.compile(r"(n_counts|total_counts(_.+)?|log1p_total_counts(_.+)?|pct_counts_.+|"
+                           r"pct_counts_in_top_\d+_genes|nCount_RNA|n_umis?|size_factors?)")
+
+
+def refresh_cell_qc(obs: pd.DataFrame, genes_detected: np.ndarray) -> tuple[list[str], list[str]]:
+    """Make the per-cell QC columns of ``obs`` describe a prediction, in place.
+
+    ``genes_detected``: the non-zero genes of each predicted cell. Returns (recomputed, dropped)
+    column names.
+    """
+    recomputed, dropped = [], []
+    for column in list(obs.columns):
+        if column in _GENES_DETECTED:
+            obs[column] = np.asarray(genes_detected, _GENES_DETECTED[column])
+            recomputed.append(column)
+        elif column in _LOG_GENES_DETECTED:
+            obs[column] = np.log1p(np.asarray(genes_detected, np.float64))
+            recomputed.append(column)
+        elif _COUNT_TOTALS.fullmatch(str(column)):
+            del obs[column]
+            dropped.append(column)
+    return recomputed, dropped

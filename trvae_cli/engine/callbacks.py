@@ -36,9 +36,11 @@ class EpochTimer(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, initial_epoch: int = 0):
+def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, initial_epoch: int = 0,
+                   info: dict | None = None, compiling: bool = False):
     """(early stopping, LR schedule or None, every callback): timing, KL warm-up, the LR schedule,
-    early stopping and progress, in the order they must run."""
+    early stopping and progress, in the order they must run (``info``, ``compiling``: see
+    :func:`~trvae_cli.engine.progress.progress_callback`)."""
     callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
     reduce_lr = None
     if s.lr_patience > 0:
@@ -49,7 +51,7 @@ def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, in
         monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
         restore_best_weights=True, verbose=0)
     callbacks.append(early)
-    shown = progress_callback(progress, s.epochs, console, initial_epoch)
+    shown = progress_callback(progress, s.epochs, console, initial_epoch, info=info, compiling=compiling)
     if shown is not None:
         callbacks.append(shown)
     return early, reduce_lr, callbacks

@@ -33,7 +33,8 @@ class TrainingData:
     replicas, batch_size)`` returns the Keras ``PyDataset`` of the items at ``positions`` (indices into
     ``labels``); ``model_args``: the input's shape arguments of the model (``n_genes`` or
     ``image_shape``); ``example_shape``: one item's shape; ``meta``: what identifies the data for a
-    checkpoint (a resumed run must match it).
+    checkpoint (a resumed run must match it); ``describe``: what the ``start`` event says of the data
+    (items, genes or image shape, held-out items).
     """
 
     labels: np.ndarray
@@ -42,6 +43,7 @@ class TrainingData:
     example_shape: tuple
     make_batches: Callable
     meta: dict
+    describe: dict = dataclasses.field(default_factory=dict)
 
 
 def weights_digest(model) -> str:
@@ -101,12 +103,13 @@ class FitResult:
         stopped = int(early.stopped_epoch) > 0
         best = int(early.best_epoch) + 1 if early.best_weights is not None else run
         value = float(early.best) if early.best_weights is not None else None
-        text = f"trained {run} of {s.epochs} epochs"
         if stopped:
-            text += (f": stopped early, no {self.monitor} improvement in {s.early_stopping_patience} epochs; "
-                     f"kept the weights of epoch {best}")
+            text = (f"stopped early at epoch {run} of {s.epochs} (no {self.monitor} improvement in "
+                    f"{s.early_stopping_patience} epochs); restored the best epoch, {best}")
         elif early.best_weights is not None and best != run:
-            text += f"; kept the weights of epoch {best}, the best {self.monitor}"
+            text = f"trained {run} of {s.epochs} epochs; restored the best epoch, {best}"
+        else:
+            text = f"trained {run} of {s.epochs} epochs; the last epoch was the best"
         if value is not None:
             text += f" ({self.monitor} {value:.4g})"
         text += f", {self.seconds:.0f} s"
@@ -186,7 +189,9 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
         o.warning("XLA cannot compile collective operations on the CPU: training without --jit")
         s = dataclasses.replace(s, jit=False)
     seed_everything(s.seed)
+    log = event_logger(o.progress)
     model = _build(keras, data, s, dist)
+    log("phase", phase="building", parameters=int(sum(np.prod(w.shape) for w in model.trainable_weights)))
 
     train_batches = data.make_batches(train_pos, s.seed, False, dist.replicas, s.batch_size)
     val_batches = None
@@ -214,8 +219,12 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
             restore_batches(ckpt, train_batches)
             initial_epoch, history_before = ckpt["state"]["epochs_done"], ckpt["state"]["history"]
 
-    early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch)
-    log = event_logger(o.progress)
+    compiling = bool(s.jit) and keras.backend.backend() != "torch"
+    info = {**data.describe, "conditions": list(data.meta.get("conditions") or []),
+            "held_out": list(data.meta.get("exclude") or []), "n_train": int(len(train_pos)),
+            "n_validation": int(len(val_pos)), "batch_size": int(s.batch_size)}
+    early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch, info=info,
+                                                 compiling=compiling)
     checkpointer = Checkpointer(
         checkpoint_path(out), o.checkpoint_every if dist.is_chief else 0, train_batches, early, reduce_lr, run_meta,
         history=history_before, restore=ckpt,
@@ -232,6 +241,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     finished = ckpt is not None and (initial_epoch >= s.epochs or ckpt["state"]["early"]["stopped_epoch"] > 0)
     t0 = time.perf_counter()
     if not finished:
+        log("phase", phase="compiling" if compiling else "training")
         try:
             with signals if own_signals else nullcontext():
                 model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,

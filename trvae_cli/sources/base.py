@@ -118,6 +118,7 @@ class Source(Protocol):
     input_defaults: dict                # settings defaults of this kind (images: a conv network)
     batch_size: int                     # inference batch
     output_marker: object               # path -> True when it is a prediction this kind wrote (--force)
+    sparse_output: bool | None          # predictions as CSR (None: where the first block is sparse enough)
 
     recorded_path: str | None           # the file or folder read (None: in-memory data)
 
@@ -138,5 +139,7 @@ class Source(Protocol):
     def obs(self, rows: np.ndarray): ...
     # predictions
     def prediction(self, arrays, selection: Selection, setup: DataSetup, target: str, record: dict): ...
+    def write_stream(self, stream, selection: Selection, setup: DataSetup, target: str, record: dict,
+                     out: Path):
+        """Write a PredictionStream to ``out`` atomically; the AnnData if it was built in memory, else None."""
     def default_output(self, model_dir: Path, selection: Selection, target: str) -> Path: ...
-    def write_prediction(self, pred, out: Path) -> Path: ...

@@ -144,7 +144,10 @@ class CellSource:
                           exclude=list(exclude), counts={"n_cells_excluded": selection.n_excluded})
         data = TrainingData(labels=labels, n_conditions=len(selection.conditions),
                             model_args={"n_genes": adata.n_vars}, example_shape=(adata.n_vars,),
-                            make_batches=make_batches, meta=meta)
+                            make_batches=make_batches, meta=meta,
+                            describe={"cells": int(adata.n_obs), "genes": int(adata.n_vars),
+                                      "cells_excluded": int(selection.n_excluded), "condition_key": condition_key,
+                                      "cell_type_key": cell_type_key})
         return data, setup, rows
 
     @staticmethod
@@ -224,41 +227,91 @@ class CellSource:
         return self.adata.obs.iloc[rows].copy()
 
     # -- predictions -----------------------------------------------------------------------
-    def prediction(self, arrays, selection: Selection, setup: DataSetup, target: str, record: dict):
-        """The predicted cells as an AnnData: obs of the source cells (one copy per draw), the
-        condition set to ``target``, z in ``obsm["X_trvae"]``, provenance in ``uns["trvae"]``."""
-        import anndata as ad
+    @property
+    def sparse_output(self) -> bool | None:
+        """Predictions of sparse input are CSR where they stay sparse (None: decided by the first block's
+        density, see :data:`~trvae_cli.data.h5ad_writer.SPARSE_MAX_DENSITY`); of dense input, dense."""
+        sparse_input = bool(getattr(self.matrix, "sparse", False)) or getattr(self.matrix, "nnz", None) is not None
+        return None if sparse_input else False
+
+    def _annotations(self, selection: Selection, setup: DataSetup, target: str, record: dict, draws: int,
+                     residual_scale: str | None, nnz_per_row: np.ndarray, sparse: bool) -> dict:
+        """obs, var and uns of the predicted cells (see :meth:`prediction`)."""
         import pandas as pd
 
         condition_key, cell_type_key = selection.condition_key, selection.group_key
-        n, draws = len(selection.rows), arrays.draws
+        n = len(selection.rows)
         obs = self.obs(selection.rows)
+        names = obs.index.astype(str)
+        suffix = f"-pred-{target}"
+        obs = pd.concat([obs] * draws) if draws > 1 else obs
+        # unique names: ad.concat([real, pred]) must not see the source cells twice
+        obs.index = pd.Index([f"{name}{suffix}" + (f"-{d}" if draws > 1 else "") for d in range(draws)
+                              for name in names])
+        obs["trvae_source_cell"] = np.tile(np.asarray(names, dtype=object), draws)
         if draws > 1:   # draw-major: rows d * n ... (d + 1) * n - 1 are draw d of every cell
-            names = obs.index.astype(str)
-            obs = pd.concat([obs] * draws)
-            obs.index = pd.Index([f"{name}-{d}" for d in range(draws) for name in names])
             obs["trvae_draw"] = np.repeat(np.arange(draws), n)
         obs[condition_key] = pd.Categorical([target] * len(obs), categories=setup.conditions)
         obs["trvae_source_condition"] = pd.Categorical([selection.condition] * len(obs), categories=setup.conditions)
+        recomputed, dropped = io.refresh_cell_qc(obs, nnz_per_row)
         var = self.adata.var.iloc[self.columns if self.columns is not None else slice(None)].copy()
         var.index = pd.Index(setup.var_names, name=None)        # the data's gene annotations, model order
-        pred = ad.AnnData(X=arrays.x, obs=obs, var=var)
+        uns = {**record, "residual_scale": residual_scale or "", "data": self.recorded_path or "",
+               "condition_key": condition_key, "cell_type_key": cell_type_key or "",
+               "cell_type": selection.group or "", "layer": setup.layer or "", "n_cells": int(n),
+               "x_format": "csr" if sparse else "dense",
+               "obs_recomputed": ",".join(recomputed), "obs_dropped": ",".join(dropped)}
+        return {"obs": obs, "var": var, "uns": {"trvae": uns}}
+
+    def prediction(self, arrays, selection: Selection, setup: DataSetup, target: str, record: dict):
+        """The predicted cells as an AnnData (in memory).
+
+        obs: the source cells' (one copy per draw), named ``<cell>-pred-<target>[-<draw>]`` with the
+        source name in ``trvae_source_cell``, the condition set to ``target``; per-cell QC columns
+        recomputed from the prediction (genes detected) or dropped (counts, which a normalised
+        prediction does not hold). var: the data's gene annotations. z in ``obsm["X_trvae"]``,
+        provenance in ``uns["trvae"]``. X is CSR where the input is sparse and the prediction stays so.
+        """
+        import anndata as ad
+
+        x = arrays.x
+        sparse = getattr(x, "nnz", None) is not None
+        nnz = np.diff(x.indptr) if sparse else np.count_nonzero(x, axis=1)
+        parts = self._annotations(selection, setup, target, record, arrays.draws, arrays.residual_scale, nnz, sparse)
+        pred = ad.AnnData(X=x, obs=parts["obs"], var=parts["var"])
         pred.obsm["X_trvae"] = arrays.z
-        pred.uns["trvae"] = {**record, "data": self.recorded_path or "", "condition_key": condition_key,
-                             "cell_type_key": cell_type_key or "", "cell_type": selection.group or "",
-                             "layer": setup.layer or "", "n_cells": int(n)}
+        pred.uns.update(parts["uns"])
         return pred
+
+    def write_stream(self, stream, selection: Selection, setup: DataSetup, target: str, record: dict,
+                     out: Path) -> None:
+        """Write the predictions of ``stream`` to ``out`` block by block (the same file
+        :meth:`prediction` + ``write_h5ad`` give, without holding X in memory); atomically."""
+        from ..data.h5ad_writer import write_streamed
+
+        n_rows, n_genes = len(selection.rows) * stream.draws, len(setup.var_names)
+        zs: list[np.ndarray] = []
+
+        def blocks():
+            for block in stream:
+                zs.append(block.z)
+                yield block.x
+
+        def room(first: np.ndarray) -> None:   # the whole file, estimated from the first block
+            per_row = min(first.nbytes, np.count_nonzero(first) * 8 + first.shape[0] * 8) / max(len(first), 1)
+            check_space(out.parent, int(per_row * n_rows * 1.1) + (4 << 20), str(out))
+
+        def annotations(written):
+            parts = self._annotations(selection, setup, target, record, stream.draws, stream.residual_scale,
+                                      written.nnz_per_row, written.sparse)
+            return {**parts, "obsm": {"X_trvae": np.concatenate(zs)}}
+
+        with staged(out) as tmp:
+            write_streamed(tmp, blocks(), n_rows, n_genes, sparse=self.sparse_output, annotations=annotations,
+                           before_first=room)
 
     def default_output(self, model_dir: Path, selection: Selection, target: str) -> Path:
         name = f"{safe_name(selection.condition)}_to_{safe_name(target)}"
         if selection.group is not None:
             name += f"_{safe_name(selection.group)}"
         return model_dir / f"{name}.h5ad"
-
-    @staticmethod
-    def write_prediction(pred, out: Path) -> Path:
-        x = pred.X
-        check_space(out.parent, int(getattr(x, "nbytes", 0) or x.data.nbytes * 2) + (4 << 20), str(out))
-        with staged(out) as tmp:
-            pred.write_h5ad(tmp)
-        return out

@@ -133,7 +133,9 @@ class ImageSource:
                 "shape": list(images.shape), "conditions": conditions, "exclude": list(exclude)}
         data = TrainingData(labels=codes, n_conditions=len(conditions),
                             model_args={"n_genes": 0, "image_shape": images.shape}, example_shape=images.shape,
-                            make_batches=make_batches, meta=meta)
+                            make_batches=make_batches, meta=meta,
+                            describe={"images": int(len(images)), "image_shape": [int(v) for v in images.shape[1:]],
+                                      "images_excluded": int(len(images) - len(items))})
         return data, setup, items
 
     @staticmethod
@@ -214,13 +216,24 @@ class ImageSource:
         obs["output"] = [r.as_posix() for r in rels]
         pred = ad.AnnData(X=arrays.x.reshape(len(items), -1), obs=obs)
         pred.obsm["X_trvae"] = arrays.z
-        pred.uns["trvae"] = {**record, "data": self.recorded_path or "", "source": selection.condition,
+        pred.uns["trvae"] = {**record, "residual_scale": arrays.residual_scale or "",
+                             "data": self.recorded_path or "", "source": selection.condition,
                              "target": target, "domain": selection.group, "n_images": int(len(items)),
                              "image_shape": [*self.images.image_size, self.images.channels]}
         return pred
 
     def default_output(self, model_dir: Path, selection: Selection, target: str) -> Path:
         return model_dir / f"{safe_name(selection.condition)}_to_{safe_name(target)}" / safe_name(selection.group or "all")
+
+    sparse_output = False   # pixels: dense
+
+    def write_stream(self, stream, selection: Selection, setup: DataSetup, target: str, record: dict, out: Path):
+        """Collect the stream (images are small) and write it (:meth:`write_prediction`); returns the AnnData."""
+        from ..predict import collect
+
+        pred = self.prediction(collect(stream), selection, setup, target, record)
+        self.write_prediction(pred, out)
+        return pred
 
     @staticmethod
     def write_prediction(pred, out: Path) -> Path:
