@@ -298,3 +298,18 @@ def test_real_data_with_other_gene_order_and_extra_genes_scores_the_same(preds, 
     for a, b in zip(report["results"], rep["results"]):
         for name in R2_METRICS:
             assert b["metrics"][name]["mean"] == pytest.approx(a["metrics"][name]["mean"], abs=1e-9)
+
+
+def test_in_sample_target_cells_are_noted(trained_model, preds, work):
+    """The model held out NK stimulated cells but trained on B stimulated ones: scoring B is in-sample."""
+    held_out = evaluate([preds["cf"]], n_degs=10, n_subsamples=2)
+    assert held_out["notes"] == [] and held_out["results"][-1]["in_sample"] is False
+    b = work / "b.h5ad"
+    assert_ok(invoke("transform", "--model", trained_model, "--from", "control", "--to", "stimulated",
+                     "--cell-type", "B", "--out", b, "-q"))
+    result = invoke("evaluate", "--pred", b, "--n-degs", "10", "--n-subsamples", "2")
+    assert_ok(result)
+    assert "note: model: the real B stimulated cells scored here were in its model's training data" in result.stderr
+    assert "in-sample" in result.stderr
+    rep = evaluate([b], n_degs=10, n_subsamples=2)
+    assert rep["results"][-1]["in_sample"] is True and rep["results"][0]["in_sample"] is None   # identity: no model

@@ -552,6 +552,8 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
         console.print(rp.rich_table(report))
         for name, why in report["skipped"].items():
             _err(f"note: no {name} row: {why}")
+        for note in report.get("notes", []):
+            _err(f"note: {note}")
     for value, render in ((json_out, rp.report_json), (csv_out, rp.report_csv)):
         if value == "-":
             text = render(report)

@@ -69,7 +69,8 @@ class Candidate:
     x: object            # cells x genes (dense or sparse), columns in the evaluation's gene order
     path: str | None = None
     note: str | None = None
-    stream: int = 0      # which random stream draws its subsamples (stable when others are added)
+    stream: int = 0
+    in_sample: bool | None = None   # the real target cells were in its model's training data      # which random stream draws its subsamples (stable when others are added)
 
 
 def provenance(adata) -> dict:
@@ -164,6 +165,32 @@ def load_predictions(paths: Sequence[str | Path], labels: Sequence[str] = ()) ->
         out.append((label, p, adata, info))
     names = _unique_labels([o[0] for o in out])
     return [(n, *o[1:]) for n, o in zip(names, out)]
+
+
+def in_sample(info: dict, task: "Task") -> bool | None:
+    """Whether the real target cells ``task`` scores against were in the training data of the model
+    that made a prediction (recorded in ``info``): True, False (held out with ``--exclude``), or None
+    when it cannot be told (not a trvae prediction, the model gone, trained on other data)."""
+    import json
+
+    model = info.get("model")
+    if not model or not (Path(model) / "config.json").is_file():
+        return None
+    try:
+        data = json.loads((Path(model) / "config.json").read_text()).get("data", {})
+    except (OSError, ValueError):
+        return None
+    trained_on = data.get("path")
+    if not trained_on or Path(trained_on).resolve() != Path(task.real).resolve():
+        return None
+    if data.get("condition_key") not in (None, task.condition_key):
+        return None
+    excluded = {tuple(str(e).split(":", 1)) for e in data.get("exclude") or []}
+    if task.cell_type is not None:
+        if data.get("cell_type_key") not in (None, task.cell_type_key):
+            return None
+        return (task.cell_type, task.target) not in excluded
+    return not any(condition == task.target for _, condition in excluded)
 
 
 def _select(series, value) -> np.ndarray:
@@ -293,7 +320,8 @@ def prepare(preds: Sequence[str | Path], real=None, *, labels: Sequence[str] = (
     if n_degs is not None and not 1 <= n_degs <= len(genes):
         raise TrvaeError(f"--n-degs must be between 1 and the number of genes ({len(genes)}), got {n_degs}")
     candidates = [Candidate(label, "prediction", _prediction_matrix(label, adata, genes, task), str(path),
-                            stream=3 + i) for i, (label, path, adata, _) in enumerate(loaded)]
+                            stream=3 + i, in_sample=in_sample(info, task))
+                  for i, (label, path, adata, info) in enumerate(loaded)]
     src, dst, others = _real_groups(task, genes)
 
     skipped = {}
@@ -367,7 +395,11 @@ def evaluate(
                                   target_pcs=target_pcs, n_degs=n_degs)
         figures["edistance_ratio"] = figures["edistance_pca"] / source_e if source_e > 0 else float("nan")
         results.append({"label": c.label, "kind": c.kind, "path": c.path, "n_cells": int(c.x.shape[0]),
-                        "note": c.note, "metrics": figures})
+                        "note": c.note, "in_sample": c.in_sample, "metrics": figures})
+    what = f"{task.cell_type + ' ' if task.cell_type else ''}{task.target} cells"
+    notes = [f"{c.label}: the real {what} scored here were in its model's training data (not held out with "
+             f"--exclude), so its R² is in-sample, not a prediction of unseen cells"
+             for c in candidates if c.in_sample]
 
     return {
         "format": FORMAT,
@@ -391,6 +423,7 @@ def evaluate(
         },
         "degs": [genes[i] for i in degs],
         "skipped": skipped,
+        "notes": notes,
         "results": results,
         "versions": analysis_versions(),
     }

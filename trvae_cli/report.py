@@ -102,7 +102,8 @@ def rich_table(report: dict):
     table.add_column("")
     for r in report["results"]:
         style = "dim" if r["kind"] == "reference" else "bold"
-        table.add_column(f"[{style}]{r['label']}[/{style}]\n{r['n_cells']} cells", justify="right")
+        flag = "\n[yellow]in-sample[/yellow]" if r.get("in_sample") else ""
+        table.add_column(f"[{style}]{r['label']}[/{style}]\n{r['n_cells']} cells{flag}", justify="right")
     for key, title in table_rows(s["n_degs"]):
         table.add_row(title, *[_fmt(r["metrics"].get(key)) for r in report["results"]])
     return table
