@@ -259,7 +259,8 @@ def _pca(source, target, n_pcs: int, seed: int):
     return PCA(n_components=n, svd_solver="full", random_state=seed).fit(fit_on)
 
 
-def _summary(values: np.ndarray, full: float) -> dict:
+def summarise(values: np.ndarray, full: float) -> dict:
+    """Mean ± sd over subsamples and the full-set value of one figure (what reports and titles show)."""
     return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             "full": float(full), "n_subsamples": int(len(values))}
 
@@ -272,10 +273,10 @@ def score_candidate(c: Candidate, *, source, target, degs, real_idx, rng, fracti
     subs = M.subsampled_r2(target, pred, degs, real_idx, pred_idx)
     full_all, full_degs = M.r2_scores(target, pred), M.r2_scores(target, pred, degs)
     out: dict = {
-        "r2_mean_all": _summary(subs["r2_mean_all"], full_all["r2_mean"]),
-        "r2_mean_degs": _summary(subs["r2_mean_degs"], full_degs["r2_mean"]),
-        "r2_var_all": _summary(subs["r2_var_all"], full_all["r2_var"]),
-        "r2_var_degs": _summary(subs["r2_var_degs"], full_degs["r2_var"]),
+        "r2_mean_all": summarise(subs["r2_mean_all"], full_all["r2_mean"]),
+        "r2_mean_degs": summarise(subs["r2_mean_degs"], full_degs["r2_mean"]),
+        "r2_var_all": summarise(subs["r2_var_all"], full_all["r2_var"]),
+        "r2_var_degs": summarise(subs["r2_var_degs"], full_degs["r2_var"]),
     }
     src_mean, real_mean, pred_mean = M.gene_means(source), M.gene_means(target), M.gene_means(pred)
     out["change_pearson_degs"] = M.change_pearson(pred_mean[degs], real_mean[degs], src_mean[degs])

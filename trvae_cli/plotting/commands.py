@@ -21,7 +21,7 @@ import numpy as np
 from .. import metrics as M
 from ..errors import TrvaeError
 from ..evaluation import R2_METRICS, prepare, provenance
-from ..evaluation import _summary as summarise   # evaluate's mean ± sd of subsampled figures
+from ..evaluation import summarise   # evaluate's mean ± sd of subsampled figures
 from .figures import (
     compare_figure, embedding_figure, figure_format, history_figure, image_grid_figure, regression_figure, save_figure,
     violin_figure,
