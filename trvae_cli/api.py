@@ -248,8 +248,13 @@ def transform(
     cell's own counts by a seeded Poisson coupling, ``log1p`` adds on normalised counts,
     ``linear`` on the data as they are, ``auto`` = counts where the data hold them, else log1p;
     images: linear, clipped to [0, 1]); ``"mean"`` (the images' default) decodes the posterior
-    mean of z; ``"sample"`` one seeded draw of q(z|x). ``draws=K`` (cells, random decodings)
-    writes K independent draws of every cell, draw-major, with ``obs["trvae_draw"]``.
+    mean of z; ``"sample"`` one seeded draw of q(z|x); ``"auto"`` the mode the model's validation
+    chose (``trvae train --validate``: the best on held-out cell types, see
+    :func:`trvae_cli.validate.decode_choice`), else the input kind's default, recorded with its
+    reason in ``uns["trvae"]["decode_choice"]``. ``decode=None`` is ``"auto"`` when the model holds a
+    validation of this ``source`` -> ``target``, else the input kind's default (nothing recorded).
+    ``draws=K`` (cells, random decodings) writes K independent draws of every cell, draw-major,
+    with ``obs["trvae_draw"]``.
 
     Parameters
     ----------
@@ -295,6 +300,16 @@ def transform(
     try:
         src.check_options(condition_key=condition_key, cell_type_key=cell_type_key, residual_scale=residual_scale,
                           draws=draws)
+        choice = None     # --decode auto: the model's validation decides; none given: auto only if it holds one
+        if decode in (None, "auto"):
+            from .validate import decode_choice
+
+            choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode)
+            if decode is None and choice["by"] != "validation":
+                choice = None      # no validation of this task: today's default, nothing recorded
+            elif decode is None:
+                defaults["decode"] = choice["chosen"]
+            decode = choice["chosen"] if choice is not None else None
         decoding = Decoding(decode or src.default_decode, residual_scale, seed, draws).validate()
         setup.check(src)
         selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
@@ -311,6 +326,8 @@ def transform(
                 command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data), source=source,
                                      target=target, cell_type=cell_type, domain=domain, decode=decoding.mode,
                                      residual_scale=residual_scale, seed=seed, draws=draws))
+            if choice is not None:
+                record["decode_choice"] = choice
             if out is not None:    # block by block (cells: one block in memory, not N x G)
                 pred = src.write_stream(stream, selection, setup, target, record, out)
             else:

@@ -257,10 +257,121 @@ TRAIN_SECTIONS = {
     "Model": "--preset --hidden --mmd-dim --latent-dim --mmd-on --condition-injection --conditional --alpha --beta "
              "--eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
-                "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit",
+                "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
+                "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs",
     "Images only": "--image-size --arch --filters",
     "Batch job": "--checkpoint-every --resume --threads --strategy --log-format --quiet --force --help",
 }
+
+def _names(ctx, param, value):
+    """``A,B`` -> ("A", "B")."""
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise click.BadParameter("give at least one name")
+    return names
+
+
+def _decodes(ctx, param, value):
+    from .validate import DECODES
+
+    names = _names(ctx, param, value)
+    bad = [n for n in names or () if n not in DECODES]
+    if bad or (names and len(set(names)) != len(names)):
+        raise click.BadParameter(f"expected distinct modes of {', '.join(DECODES)}, got {value!r}")
+    return names
+
+
+# --layer and --backed: the matrix train and validate read
+MATRIX_OPTIONS = (
+    cells_option("--layer", default=None, metavar="LAYER", help="Use adata.layers[LAYER] instead of X."),
+    cells_option("--backed", is_flag=True,
+                 help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells)."),
+)
+# The leave-one-cell-type-out folds of `trvae validate` and `trvae train --validate` (None: the library's defaults,
+# so that a plain train's recorded command does not list them)
+VALIDATION_OPTIONS = (
+    cells_option("--cell-types", callback=_names, default=None, metavar="T1,T2",
+                 help="Folds only for these cell types (comma-separated) [default: every cell type with cells "
+                      "in both --from and --to]."),
+    cells_option("--decodes", callback=_decodes, default=None, metavar="MODES",
+                 help="The transform --decode modes each fold scores, comma-separated (counterfactual, mean, "
+                      "sample) [default: counterfactual,mean]."),
+    cells_option("--n-degs", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Top DEGs of each fold's evaluate (wilcoxon, real target vs real source) [default: 100]."),
+    cells_option("--n-subsamples", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Subsamples of each fold's evaluate R² [default: 100]."),
+    cells_option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Folds at once, each in its own process [default: one per 2 cores; each fold gets --threads, "
+                      "default the cores split evenly]."),
+)
+
+
+# The model and training options of `trvae train`, declared once: `trvae validate` takes the same
+# (same flags, same defaults), and both hand them on through _given_settings.
+MODEL_OPTIONS = (
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="trvae", show_default=True,
+                 help="Starting settings: trvae; mmd-cvae / cvae (MMD on z / no MMD, all else equal); scgen "
+                 "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win."),
+    click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True,
+                 metavar="SIZES",
+                 help="Hidden layer sizes of the encoder (the decoder mirrors them)."),
+    click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True, metavar="N",
+                 help="Width of the MMD layer (first decoder layer) and last encoder layer."),
+    click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True, metavar="N"),
+    click.option("--mmd-on", type=click.Choice(MMD_PLACEMENTS), default=D.mmd_on, show_default=True,
+                 help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE."),
+    click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
+                 show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
+                 "as in the paper; all = every decoder layer (past the MMD layer too)."),
+    click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
+                 help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE."),
+    click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight."),
+    click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight."),
+    click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight."),
+    click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,
+                 show_default=True),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True,
+                 metavar="FLOAT"),
+    click.option("--output-activation", type=click.Choice(OUTPUT_ACTIVATIONS), default=D.output_activation,
+                 show_default=True),
+)
+TRAINING_OPTIONS = (
+    click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True, metavar="N"),
+    click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True, metavar="N"),
+    click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True),
+    click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
+                 default=D.validation_fraction, show_default=True, metavar="FLOAT"),
+    click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,
+                 show_default=True, metavar="N",
+                 help="Epochs without validation improvement before stopping (0: never); the best weights are "
+                      "restored."),
+    click.option("--lr-patience", type=click.IntRange(min=0), default=D.lr_patience, show_default=True, metavar="N",
+                 help="Epochs without improvement before the learning rate is multiplied by --lr-factor (0: off)."),
+    click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                 default=D.lr_factor, show_default=True, metavar="FLOAT"),
+    click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True, metavar="N",
+                 help="Epochs over which the KL weight ramps from 0 to --alpha."),
+    click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
+                 help="Equal share of every condition in each batch."),
+    click.option("--seed", type=int, default=D.seed, show_default=True),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
+                 show_default=True, help="Keras dtype policy: mixed_* compute in 16 bits (GPU), keep weights and "
+                 "losses in float32."),
+    click.option("--jit/--no-jit", default=D.jit, show_default=True,
+                 help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow)."),
+)
+
+
+def _options(*groups):
+    """Apply groups of click options as if they were written out as decorators, in order."""
+    def apply(f):
+        for group in reversed(groups):
+            for option in reversed(group):
+                f = option(f)
+        return f
+    return apply
 
 
 @main.command(cls=SectionedCommand, sections=TRAIN_SECTIONS,
@@ -275,58 +386,18 @@ TRAIN_SECTIONS = {
 @click.option("--exclude", multiple=True, metavar="CELLTYPE:CONDITION",
               help="Drop these cells from training (repeatable), e.g. NK:stimulated for out-of-sample; "
                    "for images DOMAIN:CONDITION, e.g. 3:thick.")
-@cells_option("--layer", default=None, metavar="LAYER", help="Use adata.layers[LAYER] instead of X.")
-@cells_option("--backed", is_flag=True,
-              help="Leave the matrix on disk and read blocks of rows (memory does not grow with the cells).")
+@_options(MATRIX_OPTIONS)
 @click.option("--out", "-o", default="trvae_model", show_default=True, metavar="DIR", help="Model directory to write.")
-# Model
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="trvae", show_default=True,
-              help="Starting settings: trvae; mmd-cvae / cvae (MMD on z / no MMD, all else equal); scgen "
-              "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win.")
-@click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True, metavar="SIZES",
-              help="Hidden layer sizes of the encoder (the decoder mirrors them).")
-@click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True, metavar="N",
-              help="Width of the MMD layer (first decoder layer) and last encoder layer.")
-@click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True, metavar="N")
-@click.option("--mmd-on", type=click.Choice(MMD_PLACEMENTS), default=D.mmd_on, show_default=True,
-              help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE.")
-@click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
-              show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
-              "as in the paper; all = every decoder layer (past the MMD layer too).")
-@click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
-              help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE.")
-@click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight.")
-@click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight.")
-@click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight.")
-@click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,
-              show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True,
-              metavar="FLOAT")
-@click.option("--output-activation", type=click.Choice(OUTPUT_ACTIVATIONS), default=D.output_activation,
-              show_default=True)
-# Training
-@click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True, metavar="N")
-@click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True, metavar="N")
-@click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True)
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
-              default=D.validation_fraction, show_default=True, metavar="FLOAT")
-@click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,
-              show_default=True, metavar="N", help="Epochs without validation improvement before stopping (0: never); "
-              "the best weights are restored.")
-@click.option("--lr-patience", type=click.IntRange(min=0), default=D.lr_patience, show_default=True, metavar="N",
-              help="Epochs without improvement before the learning rate is multiplied by --lr-factor (0: off).")
-@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=D.lr_factor, show_default=True, metavar="FLOAT")
-@click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True, metavar="N",
-              help="Epochs over which the KL weight ramps from 0 to --alpha.")
-@click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
-              help="Equal share of every condition in each batch.")
-@click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
-              show_default=True, help="Keras dtype policy: mixed_* compute in 16 bits (GPU), keep weights and "
-              "losses in float32.")
-@click.option("--jit/--no-jit", default=D.jit, show_default=True,
-              help="Compile the training step with XLA (about 2x faster on CPU under TensorFlow).")
+# Model, Training
+@_options(MODEL_OPTIONS, TRAINING_OPTIONS)
+@cells_option("--validate", "validate_first", is_flag=True,
+              help="First hold out each cell type in turn (trvae validate, same settings; needs --cell-type-key, "
+                   "--from, --to), then train the model on everything; the result lands in OUT/validation/, and "
+                   "trvae transform --decode auto uses it.")
+@cells_option("--from", "source", default=None, metavar="CONDITION",
+              help="With --validate: the condition predicted from.")
+@cells_option("--to", "target", default=None, metavar="CONDITION", help="With --validate: the condition predicted.")
+@_options(VALIDATION_OPTIONS)
 # Images only
 @images_option("--image-size", callback=_image_size, default=None, metavar="H[xW]",
                help="Read every image at this size (needed when sizes differ).")
@@ -351,21 +422,94 @@ TRAIN_SECTIONS = {
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, layer, quiet, force, preset,
-          checkpoint_every, resume, threads, log_format, backed, strategy, **opts):
+          checkpoint_every, resume, threads, log_format, backed, strategy, validate_first, source, target,
+          cell_types, decodes, n_degs, n_subsamples, jobs, **opts):
     """Train trVAE on DATA (.h5ad, or an image folder / CSV manifest) and write a model directory."""
     from . import api
 
     options = RunOptions(progress="none" if quiet else log_format, checkpoint_every=checkpoint_every,
                          resume=resume, threads=threads, strategy=strategy, force=force,
                          command=lambda settings: _invocation(ctx, settings.to_dict(), kind=_input_kind(data)))
-    path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
-                     backed=backed, image_size=image_size, settings=_given_settings(ctx, opts), preset=preset,
-                     options=options)
+    if validate_first:
+        from .validate import DEFAULT_DECODES, train_with_validation
+
+        if _input_kind(data) != "cells":
+            raise TrvaeError("--validate holds out cell types of .h5ad cells; it does not apply to images")
+        path = train_with_validation(
+            data, condition_key, out, cell_type_key=cell_type_key, source=source, target=target, exclude=exclude,
+            layer=layer, backed=backed, settings=_given_settings(ctx, opts), preset=preset, options=options,
+            cell_types=cell_types, decodes=decodes or DEFAULT_DECODES, jobs=jobs, n_degs=n_degs or 100,
+            n_subsamples=n_subsamples or 100, log=None if quiet else _err, command=_invocation(ctx, kind="cells"))
+    else:
+        given = [flag for flag, v in (("--from", source), ("--to", target), ("--cell-types", cell_types),
+                                      ("--decodes", decodes), ("--n-degs", n_degs), ("--n-subsamples", n_subsamples),
+                                      ("--jobs", jobs)) if v is not None]
+        if given:
+            raise TrvaeError(f"{', '.join(given)} only apply with --validate")
+        path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
+                         backed=backed, image_size=image_size, settings=_given_settings(ctx, opts), preset=preset,
+                         options=options)
     if path is None:     # a multi-worker run's other workers: the chief wrote the model
         return
     if not quiet:
-        _err(f"model written to {path}")
+        _err(f"model written to {path}" + (f" (its validation: {path}/validation/)" if validate_first else ""))
     click.echo(str(path))
+
+
+VALIDATE_SECTIONS = {
+    "Data": "DATA --condition --cell-type-key --from --to --cell-types --layer --backed --out",
+    "Model": TRAIN_SECTIONS["Model"],
+    "Training": TRAIN_SECTIONS["Training"].split(" --validate")[0],
+    "Validation": "--decodes --n-degs --n-subsamples --jobs --threads --keep-models",
+    "Output": "--quiet --force --help",
+}
+
+
+@main.command(name="validate", cls=SectionedCommand, sections=VALIDATE_SECTIONS,
+              short_help="Hold out each cell type in turn: the R² to expect on an unseen cell type, and the best "
+                         "--decode.")
+# Data
+@click.argument("data", type=click.Path(path_type=str), cls=DescribedArgument,
+                help="An .h5ad file (log-normalised X, as for train).")
+@click.option("--condition", "--condition-key", "condition_key", required=True, metavar="KEY",
+              help="obs column holding each cell's condition.")
+@click.option("--cell-type-key", required=True, metavar="KEY",
+              help="obs column of cell types: each is held out in turn.")
+@click.option("--from", "source", required=True, metavar="CONDITION",
+              help="Condition the held-out cells are predicted from.")
+@click.option("--to", "target", required=True, metavar="CONDITION",
+              help="Condition predicted: each fold trains without one cell type's cells of it (--exclude T:TO).")
+@_options(MATRIX_OPTIONS)
+@click.option("--out", "-o", default="trvae_validation", show_default=True, metavar="DIR",
+              help="Validation folder (an existing one of the same settings is resumed).")
+# Model, Training: exactly train's
+@_options(MODEL_OPTIONS, TRAINING_OPTIONS)
+# Validation
+@_options(VALIDATION_OPTIONS)
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N", help="CPU threads of each fold.")
+@click.option("--keep-models", is_flag=True, help="Keep each fold's model and predictions in DIR/models/ (default: "
+              "deleted once scored).")
+# Output
+@click.option("--quiet", "-q", is_flag=True, help="Say nothing on stderr (no cost line, progress or verdict).")
+@click.option("--force", is_flag=True, help="Start over: delete a validation folder trvae wrote, of any settings.")
+@click.pass_context
+def validate_command(ctx, data, condition_key, cell_type_key, source, target, layer, backed, out, preset, cell_types,
+                     decodes, n_degs, n_subsamples, jobs, threads, keep_models, quiet, force, **opts):
+    """Leave one cell type out at a time: for each cell type T with cells in both --from and --to, train
+    without T's --to cells, transform T's --from cells with each of --decodes, and score them against
+    T's real --to cells (trvae evaluate, with the identity and mean-shift references). Costs one training
+    per cell type. Writes DIR/validation.json, .csv, .md and .png; says on stderr the R² to expect on an
+    unseen cell type, and which decode did best over the folds.
+    """
+    from .validate import DEFAULT_DECODES, validate
+
+    report = validate(data, condition_key, cell_type_key, source, target, out, cell_types=cell_types,
+                      decodes=decodes or DEFAULT_DECODES, jobs=jobs, threads=threads,
+                      settings=_given_settings(ctx, opts), preset=preset, layer=layer, backed=backed,
+                      n_degs=n_degs or 100, n_subsamples=n_subsamples or 100, keep_models=keep_models, force=force,
+                      log=None if quiet else _err, command=_invocation(ctx))
+    for path in report["outputs"]:
+        click.echo(path)
 
 
 TRANSFORM_SECTIONS = {
@@ -393,8 +537,10 @@ TRANSFORM_SECTIONS = {
 # Prediction
 @click.option("--decode", type=click.Choice(DECODE_MODES), default=None,
               help="counterfactual: each cell plus the model's change f(z,TO) - f(z,FROM), keeping its own noise; "
-                   "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x). "
-                   "Given --seed, every mode is reproducible. [default: counterfactual for cells, mean for images]")
+                   "mean: decode the posterior mean of z (smooth conditional means); sample: one draw of q(z|x); "
+                   "auto: the mode the model's validation (train --validate) found best on held-out cell types, "
+                   "else the default. Given --seed, every mode is reproducible. [default: auto when the model holds "
+                   "a validation of this --from/--to, else counterfactual for cells, mean for images]")
 @cells_option("--residual-scale", type=click.Choice(RESIDUAL_SCALES), default="auto",
               show_default=True,
               help="How --decode counterfactual applies the change: counts = move each cell's own counts "
@@ -435,8 +581,17 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
     if not quiet:
         if ctx.get_parameter_source("model_dir") == ParameterSource.DEFAULT:
             _err(f"using default --model {model_dir}")
+        choice = pred.adata.uns.get("trvae", {}).get("decode_choice")
         for key, value in pred.defaults_used.items():
-            _err(f"using default --{key} {value}")
+            if key != "decode" or choice is None:
+                _err(f"using default --{key} {value}")
+        if choice is not None:
+            if choice["by"] == "validation":
+                scores = ", ".join(f"{m} {float(v):.3f}" for m, v in dict(choice["scores"]).items())
+                _err(f"--decode auto: {choice['chosen']}, the best over the model's {int(choice['folds'])} held-out "
+                     f"cell types (mean of DEG-mean and DEG-var R²: {scores})")
+            else:
+                _err(f"--decode auto: {choice['chosen']}, the default ({choice.get('reason', 'no validation result')})")
         what = "transformed images" if pred.images is not None else "predicted cells"
         _err(f"wrote {pred.adata.n_obs} {what} ({source} -> {target}) to {pred.path}")
     click.echo(str(pred.path))

@@ -35,7 +35,9 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOG_FORMATS = ("auto", "rich", "text", "json", "none")
 STRATEGIES = ("none", "mirrored", "multiworker")
 #: ``trvae transform --decode`` (see :mod:`trvae_cli.predict`); each input kind has its own default.
-DECODE_MODES = ("counterfactual", "mean", "sample")
+#: "auto" is resolved by transform before decoding: the mode the model's validation chose
+#: (:func:`trvae_cli.validate.decode_choice`), else the input kind's default.
+DECODE_MODES = ("counterfactual", "mean", "sample", "auto")
 #: ``--residual-scale`` of a counterfactual: "auto" is counts when the data hold them, else log1p
 #: (see :mod:`trvae_cli.counterfactual`).
 RESIDUAL_SCALES = ("auto", "counts", "log1p", "linear")

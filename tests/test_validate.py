@@ -1,0 +1,279 @@
+"""``trvae validate`` and ``trvae train --validate`` on the tiny data: the folds, the verdict against a
+NumPy reference, resuming, refusals, outputs never half-written, and ``transform --decode auto``.
+
+One validation run is shared by the module (2 folds at once); the train --validate test resumes a copy
+of it with one fold file deleted, so only that fold trains again.
+"""
+
+import csv
+import errno
+import json
+import shutil
+
+import anndata as ad
+import click
+import numpy as np
+import pytest
+from cli_helpers import assert_ok, assert_user_error, invoke
+
+from trvae_cli import validate as V
+from trvae_cli.cli import SectionedCommand, main
+
+TINY = ["--epochs", "2", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "--no-jit"]
+FAST = ["--n-degs", "10", "--n-subsamples", "10"]
+KEYS = ["--condition", "condition", "--cell-type-key", "cell_type"]
+TASK = [*KEYS, "--from", "control", "--to", "stimulated"]
+METHODS = ["identity", "mean shift", "counterfactual", "mean"]
+
+
+@pytest.fixture(scope="module")
+def partial_data(tiny_h5ad, tmp_path_factory):
+    """The tiny data without NK's control and Mono's stimulated cells: only T and B have both conditions."""
+    adata = ad.read_h5ad(tiny_h5ad)
+    ct, cond = adata.obs["cell_type"].astype(str), adata.obs["condition"].astype(str)
+    drop = ((ct == "NK") & (cond == "control")) | ((ct == "Mono") & (cond == "stimulated"))
+    path = tmp_path_factory.mktemp("partial") / "partial.h5ad"
+    adata[~drop.values].copy().write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(partial_data, tmp_path_factory):
+    """(validation folder, CliRunner result) of one validate run, both folds at once."""
+    out = tmp_path_factory.mktemp("validate") / "val"
+    result = invoke("validate", partial_data, *TASK, "--out", out, "--jobs", "2", *FAST, *TINY)
+    assert_ok(result)
+    return out, result
+
+
+def folds_of(out):
+    return {p.stem: json.loads(p.read_text()) for p in (out / "folds").glob("*.json") if p.stem != "settings"}
+
+
+def leftovers(folder):
+    return [p for p in folder.parent.rglob("*") if ".trvae-" in p.name and folder.name in str(p)]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def test_folds_are_listed_run_and_written(run):
+    out, result = run
+    assert result.stdout.split() == [str(out / n) for n in V.REPORT_NAMES]      # stdout: the paths, nothing else
+    err = result.stderr
+    assert "validate trains 2 models (one per cell type with both conditions: T, B)" in err
+    assert "about 2 times one `trvae train`" in err and "2 at a time, 1 thread each" in err
+    assert "skipping NK: no control cells" in err and "skipping Mono: no stimulated cells" in err
+    assert err.index("validate trains") < err.index("[1/2]")                       # the cost is said first
+    report = json.loads((out / "validation.json").read_text())
+    assert report["format"] == V.FORMAT
+    assert report["cell_types"]["folds"] == ["T", "B"]
+    assert report["cell_types"]["skipped"] == {"NK": "no control cells", "Mono": "no stimulated cells"}
+    assert report["settings"]["training"]["epochs"] == 2 and report["settings"]["decodes"] == ["counterfactual", "mean"]
+    assert report["training"] == report["settings"]["training"]
+    assert all(report["versions"].get(k) for k in ("trvae", "keras", "backend_version", "numpy", "scanpy"))
+    folds = folds_of(out)
+    assert sorted(folds) == ["B", "T"]
+    for t, fold in folds.items():
+        assert fold["evaluation"]["task"]["cell_type"] == t
+        labels = [r["label"] for r in fold["evaluation"]["results"]]
+        assert labels == METHODS
+        assert all(r["in_sample"] is False for r in fold["evaluation"]["results"] if r["kind"] == "prediction")
+        model_cmd = fold["evaluation"]["results"][2]["path"]
+        assert f"models/{t}/" in model_cmd
+    assert not (out / "models").exists()                 # models deleted once scored (no --keep-models)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["B.log", "T.log"]
+    rows = list(csv.DictReader(open(out / "validation.csv")))
+    assert [(r["cell_type"], r["method"]) for r in rows] == [(t, m) for t in ("T", "B") for m in METHODS]
+    assert float(rows[2]["r2_mean_degs"]) == pytest.approx(
+        folds["T"]["evaluation"]["results"][2]["metrics"]["r2_mean_degs"]["mean"])
+    md = (out / "validation.md").read_text()
+    assert "| T |" in md and "| B |" in md and all(line in md for line in report["verdict"])
+    assert (out / "validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftovers(out) == []
+
+
+def test_verdict_is_the_mean_and_sd_over_the_fold_files(run):
+    out, result = run
+    report = json.loads((out / "validation.json").read_text())
+    folds = [folds_of(out)[t] for t in ("T", "B")]
+
+    def value(fold, method, metric):
+        r = next(r for r in fold["evaluation"]["results"] if r["label"] == method)
+        v = r["metrics"][metric]
+        return v["mean"] if isinstance(v, dict) else v
+
+    scores = {}
+    for decode in ("counterfactual", "mean"):
+        for metric, what, of in V.VERDICT_METRICS:
+            xs = np.array([value(f, decode, metric) for f in folds])
+            shift = np.array([value(f, "mean shift", metric) for f in folds])
+            entry = report["summary"][decode][metric]
+            assert entry["mean"] == pytest.approx(xs.mean(), abs=1e-12)
+            assert entry["sd"] == pytest.approx(xs.std(ddof=1), abs=1e-12)
+            assert entry["beats_mean_shift"] == int((xs > shift).sum()) and entry["compared_mean_shift"] == 2
+            line = (f"{decode}: expected {what} on an unseen cell type ({of}): {xs.mean():.3f} ± {xs.std(ddof=1):.3f} "
+                    f"over 2 cell types; beats the mean shift on {int((xs > shift).sum())} of 2")
+            assert line in report["verdict"] and line in result.stderr
+        scores[decode] = np.mean([(value(f, decode, "r2_mean_degs") + value(f, decode, "r2_var_degs")) / 2
+                                  for f in folds])
+    choice = report["chosen_decode"]
+    assert choice["scores"] == pytest.approx(scores, abs=1e-12)
+    assert choice["chosen"] == max(scores, key=scores.get) and choice["folds"] == 2 and choice["by"] == "validation"
+    assert f"best decode across the folds: {choice['chosen']}" in result.stderr
+
+
+def test_a_tie_goes_to_counterfactual():
+    def fold(cf, mean):
+        results = [{"label": label, "metrics": {"r2_mean_degs": {"mean": v}, "r2_var_degs": {"mean": v},
+                                                 "change_pearson_all": v}}
+                   for label, v in (("identity", 0.1), ("mean shift", 0.2), ("mean", mean), ("counterfactual", cf))]
+        return {"evaluation": {"results": results}}
+
+    tied = V.summarize([fold(0.5, 0.5), fold(0.7, 0.7)], ["mean", "counterfactual"])
+    assert tied["chosen_decode"]["chosen"] == "counterfactual"
+    single = V.summarize([fold(0.5, 0.9)], ["mean", "counterfactual"])
+    assert single["chosen_decode"]["chosen"] == "mean"
+    assert single["summary"]["mean"]["r2_mean_degs"]["sd"] is None          # one fold: no spread
+    assert "0.900 over 1 cell type; beats the mean shift on 1 of 1" in single["verdict"][0]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_other_settings_are_refused_naming_the_difference(run, partial_data):
+    out, _ = run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    line = assert_user_error(invoke("validate", partial_data, *TASK, "--out", out, *FAST, *TINY[:1], "3", *TINY[2:]),
+                             "other settings", "training.epochs 2 (recorded) vs 3 (now)", "--force")
+    assert "decodes" not in line
+    assert_user_error(invoke("validate", partial_data, *TASK, "--out", out, "--decodes", "mean", *FAST, *TINY),
+                      'decodes ["counterfactual", "mean"] (recorded) vs ["mean"] (now)')
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_foreign_folders_and_impossible_tasks_are_refused(partial_data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for extra in ((), ("--force",)):
+        assert_user_error(invoke("validate", partial_data, *TASK, "--out", mine, *extra, *TINY), "did not write")
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert_user_error(invoke("validate", partial_data, *TASK, "--cell-types", "NK", "--out", tmp_path / "v", *TINY),
+                      "none of --cell-types NK", "NK: no control cells")
+    assert_user_error(invoke("validate", partial_data, *KEYS, "--from", "control", "--to", "inhibited",
+                             "--cell-types", "Elf", "--out", tmp_path / "v"), "'Elf' is not a value")
+    one = tmp_path / "one.h5ad"           # T and NK: only T has control cells
+    adata = ad.read_h5ad(partial_data)
+    adata[adata.obs["cell_type"].isin(["T", "NK"]).values].copy().write_h5ad(one)
+    assert_user_error(invoke("validate", one, *TASK, "--out", tmp_path / "v"), "at least 2 cell types", "has 1 (T)")
+    assert_user_error(invoke("validate", partial_data, *TASK, "--out", partial_data.parent), "the input")
+    assert_user_error(invoke("train", partial_data, *KEYS, "--from", "control", "--out", tmp_path / "m"),
+                      "--from only apply with --validate")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "m").exists()
+
+
+def test_outputs_are_never_half_written(run, partial_data, tmp_path, monkeypatch):
+    """A disk that fills while the reports are written leaves the previous ones, whole, and no temporary."""
+    out = tmp_path / "val"
+    shutil.copytree(run[0], out)
+    before = {n: (out / n).read_bytes() for n in V.REPORT_NAMES}
+
+    class FullDisk:
+        def savefig(self, path, **kwargs):
+            with open(path, "wb") as fh:
+                fh.write(b"\x89PNG half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(V, "validation_figure", lambda report: FullDisk())
+    result = invoke("validate", partial_data, *TASK, "--out", out, *FAST, *TINY)     # every fold done: no training
+    assert result.exit_code == 74, result.output
+    assert "No space left on device" in result.stderr and result.stdout == ""
+    assert {n: (out / n).read_bytes() for n in V.REPORT_NAMES} == before
+    assert leftovers(out) == []
+
+
+# --------------------------------------------------------------------------- train --validate, --decode auto
+
+
+def test_train_validate_resumes_the_folds_then_decode_auto_uses_them(run, partial_data, tmp_path):
+    model = tmp_path / "model"
+    side = V.side_folder(model)
+    shutil.copytree(run[0], side)          # an interrupted train --validate: fold B never finished
+    (side / "folds" / "B.json").unlink()
+    t_file = side / "folds" / "T.json"
+    t_stat, t_text = t_file.stat().st_mtime_ns, t_file.read_text()
+    result = invoke("train", partial_data, *KEYS, "--validate", "--from", "control", "--to", "stimulated",
+                    *FAST, *TINY, "--out", model, "--log-format", "text")
+    assert_ok(result)
+    assert result.stdout.split() == [str(model)]
+    assert "1 of 2 folds already done (T)" in result.stderr and "[2/2] B:" in result.stderr
+    assert "T: trained" not in result.stderr                         # only the missing fold ran again
+    assert not side.exists()
+    validation = model / "validation"
+    assert (validation / "folds" / "T.json").read_text() == t_text
+    assert (validation / "folds" / "T.json").stat().st_mtime_ns == t_stat
+    assert (validation / "folds" / "B.json").is_file()
+    report = json.loads((validation / "validation.json").read_text())
+    cfg = json.loads((model / "config.json").read_text())
+    assert report["training"] == cfg["training"] and cfg["data"]["exclude"] == []
+    chosen = report["chosen_decode"]
+
+    def choice_of(*args):
+        pred = tmp_path / f"p{len(list(tmp_path.glob('p*.h5ad')))}.h5ad"
+        res = invoke("transform", *args, "--out", pred)
+        assert_ok(res)
+        uns = ad.read_h5ad(pred).uns["trvae"]
+        return uns.get("decode_choice"), uns["decode"], res.stderr
+
+    for extra in ((), ("--decode", "auto")):     # a validated model: auto is the default
+        choice, decode, err = choice_of("--model", model, "--from", "control", "--to", "stimulated", "--cell-type", "T",
+                                        *extra)
+        assert choice["by"] == "validation" and choice["chosen"] == decode == chosen["chosen"]
+        assert int(choice["folds"]) == 2
+        assert {k: float(v) for k, v in choice["scores"].items()} == pytest.approx(chosen["scores"])
+        assert f"--decode auto: {chosen['chosen']}, the best over the model's 2 held-out cell types" in err
+    choice, decode, _ = choice_of("--model", model, "--from", "stimulated", "--to", "control", "--decode", "auto")
+    assert choice["by"] == "default" and decode == "counterfactual" and "not stimulated -> control" in choice["reason"]
+    choice, decode, _ = choice_of("--model", model, "--from", "control", "--to", "stimulated", "--decode", "mean")
+    assert choice is None and decode == "mean"                       # an explicit mode is just that
+
+    # a model without a validation: auto falls back to the default and says so; no --decode is today's default
+    unvalidated = tmp_path / "unvalidated"
+    shutil.copytree(model, unvalidated, ignore=shutil.ignore_patterns("validation", "*.h5ad"))
+    choice, decode, err = choice_of("--model", unvalidated, "--from", "control", "--to", "stimulated",
+                                    "--cell-type", "T", "--decode", "auto")
+    assert choice["by"] == "default" and choice["chosen"] == decode == "counterfactual" and int(choice["folds"]) == 0
+    assert "the default (the model holds no validation result" in err
+    choice, decode, _ = choice_of("--model", unvalidated, "--from", "control", "--to", "stimulated",
+                                  "--cell-type", "T")
+    assert choice is None and decode == "counterfactual"
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("name", ["validate", "train"])
+def test_every_option_is_in_one_section(name):
+    cmd = main.commands[name]
+    top = click.Context(main, info_name="trvae", **main.context_settings)
+    with click.Context(cmd, info_name=name, parent=top) as ctx:
+        assert cmd.unknown_names(ctx) == []
+        layout = cmd.layout(ctx)
+        assert SectionedCommand.OTHER not in layout
+        listed = [p.name for params in layout.values() for p in params]
+        assert sorted(listed) == sorted(p.name for p in cmd.get_params(ctx) if p.get_help_record(ctx) is not None)
+
+
+def test_validate_takes_train_s_model_and_training_options_from_one_definition():
+    from trvae_cli.config import SETTING_NAMES
+
+    def options(name):
+        return {p.name: (p.opts, p.secondary_opts, p.default, p.type.name, p.help, getattr(p.type, "choices", None))
+                for p in main.commands[name].params if isinstance(p, click.Option)}
+
+    train, validate = options("train"), options("validate")
+    settings = [n for n in train if n in SETTING_NAMES and n not in ("arch", "filters")]   # images only: not here
+    assert len(settings) == len(SETTING_NAMES) - 2
+    for name in [*settings, "preset", "layer", "backed", "cell_types", "decodes", "n_degs", "n_subsamples", "jobs"]:
+        assert validate[name] == train[name], name

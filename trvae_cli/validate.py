@@ -1,0 +1,825 @@
+"""``trvae validate``: what R² to expect on a cell type the model never saw, measured before you trust it.
+
+Leave one cell type out at a time. For every cell type T with cells in both conditions A
+(``source``) and B (``target``): train on everything but T's B cells (``--exclude T:B``), transform
+T's A cells to B with each decode mode, and score each prediction with
+:func:`trvae_cli.evaluation.evaluate` against T's real B cells, next to evaluate's two references
+(identity: the real A cells; mean shift: A cells + the mean B - A change of the other cell types).
+The spread over the folds answers "how good is a prediction of an unseen cell type?", and the
+folds (never the cell type being predicted) choose the decode mode that
+``trvae transform --decode auto`` uses: the best mean over the folds of the average of the
+DEG-mean and DEG-variance R² (ties: counterfactual).
+
+Each fold runs in its own process (``python -m trvae_cli.validate``: train, transform, evaluate),
+``jobs`` at once, and writes ``OUT/folds/<T>.json`` atomically when it ends, so an interrupted
+validation resumes with the same command; other settings are refused (one line naming what
+differs) unless ``force`` starts over. Cost: one training per fold.
+
+Layout of ``OUT``::
+
+    validation.json   settings, versions, per fold every evaluate figure of every method,
+                      the summary over folds, the verdict, chosen_decode
+    validation.csv    one row per fold x method
+    validation.md     the tables and the verdict
+    validation.png    R² of DEG means and variances per fold: each decode vs identity and mean shift
+    folds/            settings.json (what the folds are computed with), <T>.json per finished fold
+    logs/<T>.log      each fold's own output (training progress, its error if it failed)
+    models/<T>/       a fold's model and predictions, deleted once scored unless keep_models
+
+Examples
+--------
+>>> from trvae_cli.validate import validate
+>>> report = validate("kang.h5ad", "condition", "cell_type", "control", "stimulated", "kang_validation",
+...                   settings={"epochs": 50})                                       # doctest: +SKIP
+>>> print("\\n".join(report["verdict"]))                                              # doctest: +SKIP
+>>> report["chosen_decode"]["chosen"]                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .config import DECODE_MODES, RunOptions, TrainSettings, resolve_settings
+from .errors import Interrupted, TrvaeError
+from .evaluation import IDENTITY, MEAN_SHIFT, POINT_METRICS, R2_METRICS
+
+FORMAT = "trvae-validation"
+FOLD_FORMAT = "trvae-validation-fold"
+SETTINGS_FORMAT = "trvae-validation-settings"
+FORMAT_VERSION = 1
+#: The decode modes a validation can score (``auto`` is what it decides).
+DECODES = tuple(m for m in DECODE_MODES if m != "auto")
+DEFAULT_DECODES = ("counterfactual", "mean")
+REFERENCES = (IDENTITY, MEAN_SHIFT)
+SUMMARY_METRICS = ("r2_mean_degs", "r2_var_degs", "r2_mean_all", "r2_var_all", "change_pearson_all",
+                   "change_pearson_degs")
+#: (metric, what it is, of what): the three lines of the verdict per decode.
+VERDICT_METRICS = (("r2_mean_degs", "R²", "DEG means"), ("r2_var_degs", "R²", "DEG variances"),
+                   ("change_pearson_all", "r of change", "all genes"))
+CRITERION = ("mean over the folds of the average of the R² of DEG means and of DEG variances "
+             "(subsample means); ties: counterfactual")
+VALIDATION_DIR = "validation"      # MODEL_DIR/validation/ after ``trvae train --validate``
+REPORT_NAMES = ("validation.json", "validation.csv", "validation.md", "validation.png")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # pragma: no cover  (macOS)
+        return os.cpu_count() or 1
+
+
+def _file_name(cell_type: str) -> str:
+    from .sources.base import safe_name
+
+    return safe_name(cell_type)
+
+
+# --------------------------------------------------------------------------- the folds
+
+@dataclass
+class Plan:
+    """The folds (cell types with cells in both conditions), the cell types skipped and why, and
+    the cells of each cell type in each condition."""
+
+    folds: list[str]
+    skipped: dict[str, str]
+    counts: dict[str, dict[str, int]]
+    n_genes: int
+
+
+def plan_folds(data, condition_key: str, cell_type_key: str, source: str, target: str,
+               cell_types: Sequence[str] | None = None) -> Plan:
+    """Which cell types can be held out (read from obs only; X stays on disk).
+
+    A fold needs at least 2 cells of its cell type in each condition (evaluate scores 2 or more),
+    and the other cell types must hold cells of both conditions: at least 2 cell types must
+    qualify. ``cell_types`` restricts the folds to those named.
+    """
+    from .data import anndata_io as io
+    from .data.backed import read_backed
+
+    adata, _ = read_backed(data)
+    try:
+        cond = io.require_obs_key(adata, condition_key, "condition")
+        ct = io.require_obs_key(adata, cell_type_key, "cell-type")
+        types = io.ordered_labels(adata, cell_type_key)
+        n_genes = int(adata.n_vars)
+    finally:
+        if getattr(adata, "file", None) is not None:
+            adata.file.close()
+    if source == target:
+        raise TrvaeError(f"--from and --to are both {source!r}")
+    io.require_values(cond, [source, target], condition_key)
+    if cell_types:
+        io.require_values(ct, list(cell_types), cell_type_key)
+        if len(set(cell_types)) != len(cell_types):
+            raise TrvaeError(f"--cell-types lists a cell type twice: {', '.join(cell_types)}")
+    cond_v, ct_v = cond.values, ct.values
+    counts = {t: {c: int(np.sum((ct_v == t) & (cond_v == c))) for c in (source, target)} for t in types}
+    usable, skipped = [], {}
+    for t in types:
+        missing = [c for c in (source, target) if counts[t][c] == 0]
+        few = [c for c in (source, target) if counts[t][c] == 1]
+        if missing:
+            skipped[t] = f"no {' and no '.join(missing)} cells"
+        elif few:
+            skipped[t] = f"only 1 {few[0]} cell (evaluate needs 2)"
+        else:
+            usable.append(t)
+    if len(usable) < 2:
+        raise TrvaeError(f"leaving one cell type out needs at least 2 cell types with cells in both {source} and "
+                         f"{target}; obs[{cell_type_key!r}] has {len(usable)}"
+                         + (f" ({', '.join(usable)})" if usable else ""))
+    if cell_types:
+        folds = [t for t in cell_types if t in usable]
+        skipped = {t: why for t, why in skipped.items() if t in cell_types}
+        if not folds:
+            raise TrvaeError(f"none of --cell-types {', '.join(cell_types)} has cells in both {source} and "
+                             f"{target}: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
+    else:
+        folds = usable
+    names = [_file_name(t) for t in folds]
+    if len(set(names)) != len(names):
+        raise TrvaeError(f"cell types {', '.join(folds)} do not have distinct file names; rename them")
+    return Plan(folds, skipped, counts, n_genes)
+
+
+def fold_path(out: Path, cell_type: str) -> Path:
+    return Path(out) / "folds" / f"{_file_name(cell_type)}.json"
+
+
+def run_fold(spec: Mapping) -> dict:
+    """One fold, in this process: train without the cell type's target cells, transform its source
+    cells with each decode, evaluate, write the fold's JSON atomically; returns the record."""
+    from . import api
+    from .evaluation import evaluate
+    from .outputs import staged
+    from .report import _clean
+
+    t0 = time.perf_counter()
+    cell_type, model_dir = spec["cell_type"], Path(spec["model_dir"])
+    api.train(spec["data"], spec["condition_key"], model_dir, cell_type_key=spec["cell_type_key"],
+              exclude=spec["exclude"], layer=spec["layer"], backed=spec["backed"], settings=spec["settings"],
+              preset=spec["preset"], options=RunOptions(progress="text", threads=spec["threads"], force=True,
+                                                       command=spec["command"]))
+    train_wall = time.perf_counter() - t0
+    cfg = json.loads((model_dir / "config.json").read_text())
+    preds = []
+    for decode in spec["decodes"]:
+        path = model_dir / f"{_file_name(cell_type)}_{decode}.h5ad"
+        api.transform(model_dir, spec["data"], source=spec["source"], target=spec["target"], out=path,
+                      cell_type=cell_type, condition_key=spec["condition_key"], cell_type_key=spec["cell_type_key"],
+                      decode=decode, seed=spec["seed"], force=True, backed=spec["backed"],
+                      command=f"{spec['command']} (fold {cell_type}: transform --decode {decode})")
+        preds.append(path)
+    t1 = time.perf_counter()
+    report = evaluate(preds, labels=list(spec["decodes"]), n_degs=spec["n_degs"], n_subsamples=spec["n_subsamples"],
+                      seed=spec["seed"], command=f"{spec['command']} (fold {cell_type}: evaluate)")
+    held_out = [r["label"] for r in report["results"] if r["kind"] == "prediction" and r["in_sample"] is not False]
+    if held_out:      # a fold that saw its own target cells would score nothing unseen
+        raise TrvaeError(f"fold {cell_type}: the model's training data held the scored cells ({held_out})")
+    record = {
+        "format": FOLD_FORMAT, "format_version": FORMAT_VERSION, "cell_type": cell_type,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": spec["compared"], "training": cfg["training"],
+        "train_wall_seconds": round(train_wall, 2), "evaluate_seconds": round(time.perf_counter() - t1, 2),
+        "seconds": round(time.perf_counter() - t0, 2), "threads": spec["threads"],
+        "result": {k: cfg["result"].get(k) for k in ("epochs_run", "best_epoch", "train_seconds")},
+        "model_versions": cfg.get("versions", {}),
+        "evaluation": {k: report[k] for k in ("task", "settings", "degs", "skipped", "notes", "results", "versions")},
+    }
+    with staged(Path(spec["fold_file"])) as tmp:
+        tmp.write_text(json.dumps(_clean(record), indent=2))
+    if not spec["keep_models"]:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return record
+
+
+def _fold_main(argv: Sequence[str]) -> int:
+    """``python -m trvae_cli.validate SPEC_JSON``: one fold (what :func:`validate` starts)."""
+    from .outputs import io_error
+
+    spec = json.loads(argv[0])
+    try:
+        run_fold(spec)
+    except TrvaeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"error: {io_error(exc)}", file=sys.stderr)
+        return 74
+    return 0
+
+
+# --------------------------------------------------------------------------- the folder
+
+def is_validation_dir(path: Path) -> bool:
+    """A folder ``trvae validate`` writes (it holds ``folds/settings.json``)."""
+    marker = Path(path) / "folds" / "settings.json"
+    try:
+        return marker.is_file() and json.loads(marker.read_text()).get("format") == SETTINGS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]} {json.dumps(old)} (recorded) vs {json.dumps(new)} (now)"]
+
+
+def _prepare_out(out: Path, compared: dict, force: bool) -> None:
+    """Make ``out`` ready: new, or resumed (same settings), or started over (``force``, ours only)."""
+    from .outputs import staged
+
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise TrvaeError(f"output {out} is a file, not a validation folder: choose another --out")
+        if is_validation_dir(out):
+            if force:
+                for name in ("folds", "logs", "models", *REPORT_NAMES):
+                    p = out / name
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            else:
+                recorded = json.loads((out / "folds" / "settings.json").read_text())["settings"]
+                diff = _differences(recorded, compared)
+                if diff:
+                    raise TrvaeError(f"{out} holds a validation with other settings ({'; '.join(diff)}): run it "
+                                     "with the same settings to resume, --force to start over, or choose another --out")
+        elif any(out.iterdir()):
+            raise TrvaeError(f"validation folder {out} is a folder trvae did not write: choose another --out")
+    for name in ("folds", "logs", "models"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    marker = out / "folds" / "settings.json"
+    if not marker.is_file():
+        with staged(marker) as tmp:
+            tmp.write_text(json.dumps({"format": SETTINGS_FORMAT, "format_version": FORMAT_VERSION,
+                                       "settings": compared}, indent=2))
+
+
+def _finished(out: Path, folds: Sequence[str], compared: dict) -> dict[str, dict]:
+    """The folds whose JSON is complete and was computed with these settings."""
+    done = {}
+    for t in folds:
+        path = fold_path(out, t)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("format") == FOLD_FORMAT and record.get("cell_type") == t and record.get("settings") == compared:
+            done[t] = record
+    return done
+
+
+# --------------------------------------------------------------------------- running the folds
+
+def _fold_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                 "TF_NUM_INTEROP_THREADS"):
+        env[name] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    root = str(Path(__file__).resolve().parents[1])      # the package, installed or not
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _run_folds(pending: list[str], specs: dict[str, dict], out: Path, jobs: int, threads: int,
+               on_done: Callable[[str, dict], None]) -> dict[str, str]:
+    """Run the pending folds, ``jobs`` processes at once; {cell type: why} for those that failed.
+    SIGTERM / SIGINT stop the running folds (finished ones stay) and raise :class:`Interrupted`."""
+    from .engine.signals import Signals
+
+    env = _fold_env(threads)
+    queue, running, failed = list(pending), {}, {}
+    with Signals() as signals:
+        try:
+            while queue or running:
+                if signals.received:
+                    raise Interrupted(f"{signals.received}: stopped; the finished folds are kept in {out / 'folds'}: "
+                                      "run the same command again to resume")
+                while queue and len(running) < jobs:
+                    t = queue.pop(0)
+                    log_path = out / "logs" / f"{_file_name(t)}.log"
+                    with open(log_path, "w") as log:
+                        proc = subprocess.Popen([sys.executable, "-m", "trvae_cli.validate", json.dumps(specs[t])],
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    running[proc] = (t, log_path)
+                for proc in [p for p in running if p.poll() is not None]:
+                    t, log_path = running.pop(proc)
+                    record = _finished(out, [t], specs[t]["compared"]).get(t)
+                    if proc.returncode == 0 and record is not None:
+                        on_done(t, record)
+                    else:
+                        failed[t] = f"{_last_line(log_path)} (exit {proc.returncode}; log: {log_path})"
+                time.sleep(0.2)
+        finally:
+            for proc in running:
+                proc.terminate()
+            for proc in running:
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return failed
+
+
+# --------------------------------------------------------------------------- the summary
+
+def figure(fold: Mapping, method: str, metric: str) -> float:
+    """One figure of one method in a fold's record: an R²'s subsample mean, or the point figure (NaN if absent)."""
+    for r in fold["evaluation"]["results"]:
+        if r["label"] == method:
+            v = r["metrics"].get(metric)
+            v = v.get("mean") if isinstance(v, dict) else v
+            return float("nan") if v is None else float(v)
+    return float("nan")
+
+
+def _stats(values: Sequence[float]) -> dict:
+    arr = np.asarray(values, float)
+    ok = arr[np.isfinite(arr)]
+    return {"mean": float(ok.mean()) if ok.size else None,
+            "sd": float(ok.std(ddof=1)) if ok.size > 1 else None,
+            "n": int(ok.size), "values": [float(v) if np.isfinite(v) else None for v in arr]}
+
+
+def summarize(folds: Sequence[Mapping], decodes: Sequence[str]) -> dict:
+    """Per method and metric: mean and sd (ddof 1) over the folds; per decode how often it beats each
+    reference; the score of each decode and the one chosen (:data:`CRITERION`); the verdict lines."""
+    summary: dict = {}
+    for method in [*decodes, *REFERENCES]:
+        summary[method] = {}
+        for metric in SUMMARY_METRICS:
+            values = [figure(f, method, metric) for f in folds]
+            entry = _stats(values)
+            if method in decodes:
+                for ref, key in ((MEAN_SHIFT, "mean_shift"), (IDENTITY, "identity")):
+                    pairs = [(v, figure(f, ref, metric)) for v, f in zip(values, folds)]
+                    pairs = [(v, r) for v, r in pairs if np.isfinite(v) and np.isfinite(r)]
+                    entry[f"beats_{key}"] = int(sum(v > r for v, r in pairs))
+                    entry[f"compared_{key}"] = len(pairs)
+            summary[method][metric] = entry
+    scores = {}
+    for d in decodes:
+        per_fold = [(figure(f, d, "r2_mean_degs") + figure(f, d, "r2_var_degs")) / 2 for f in folds]
+        scores[d] = _stats(per_fold)["mean"]
+    ranked = [d for d in decodes if scores[d] is not None]
+    if ranked:
+        best = max(scores[d] for d in ranked)
+        tied = [d for d in ranked if scores[d] >= best - 1e-12]
+        chosen = "counterfactual" if "counterfactual" in tied else tied[0]
+    else:
+        chosen = None
+    k = len(folds)
+    verdict = []
+    for d in decodes:
+        for metric, what, of in VERDICT_METRICS:
+            e = summary[d][metric]
+            if e["mean"] is None:
+                verdict.append(f"{d}: expected {what} on an unseen cell type ({of}): not defined on any fold")
+                continue
+            spread = f" ± {e['sd']:.3f}" if e["sd"] is not None else ""
+            n = f"over {e['n']} cell type{'s' if e['n'] != 1 else ''}"
+            beats = (f"; beats the mean shift on {e['beats_mean_shift']} of {e['compared_mean_shift']}"
+                     if e["compared_mean_shift"] else "; no mean shift to compare with")
+            verdict.append(f"{d}: expected {what} on an unseen cell type ({of}): {e['mean']:.3f}{spread} {n}{beats}")
+    if chosen is not None:
+        verdict.append(f"best decode across the folds: {chosen} (mean over {k} folds of the average of DEG-mean and "
+                       "DEG-var R²: " + ", ".join(f"{d} {scores[d]:.3f}" for d in ranked) + ")")
+    return {"summary": summary, "verdict": verdict,
+            "chosen_decode": {"chosen": chosen, "by": "validation", "criterion": CRITERION,
+                              "scores": scores, "folds": k}}
+
+
+def _fold_entry(record: Mapping) -> dict:
+    ev = record["evaluation"]
+    return {"cell_type": record["cell_type"], **record["result"], "train_wall_seconds": record["train_wall_seconds"],
+            "seconds": record["seconds"], "n_real_source": ev["task"]["n_real_source"],
+            "n_real_target": ev["task"]["n_real_target"], "degs": ev["degs"], "notes": ev["notes"],
+            "methods": {r["label"]: {"kind": r["kind"], "n_cells": r["n_cells"], "metrics": r["metrics"]}
+                        for r in ev["results"]}}
+
+
+CSV_COLUMNS = ["cell_type", "method", "kind", "n_cells", "n_real_target"]
+for _m in R2_METRICS:
+    CSV_COLUMNS += [_m, f"{_m}_sd", f"{_m}_full"]
+CSV_COLUMNS += [*POINT_METRICS, "train_seconds", "epochs_run", "best_epoch"]
+
+
+def _csv_text(report: dict) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for fold in report["folds"]:
+        for label, m in fold["methods"].items():
+            row = {"cell_type": fold["cell_type"], "method": label, "kind": m["kind"], "n_cells": m["n_cells"],
+                   "n_real_target": fold["n_real_target"]}
+            for name, v in m["metrics"].items():
+                if isinstance(v, dict):
+                    row[name], row[f"{name}_sd"], row[f"{name}_full"] = v["mean"], v["sd"], v["full"]
+                else:
+                    row[name] = v
+            if m["kind"] == "prediction":
+                row.update({k: fold.get(k) for k in ("train_seconds", "epochs_run", "best_epoch")})
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _fmt(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+def _markdown(report: dict) -> str:
+    s, methods = report["settings"], [*REFERENCES, *report["settings"]["decodes"]]
+    n_degs = s["n_degs"]
+    lines = [f"# Leave-one-cell-type-out validation: {s['from']} → {s['to']}", "",
+             f"Data `{Path(s['data']).name}` (obs `{s['condition_key']}`, `{s['cell_type_key']}`); "
+             f"{len(report['folds'])} folds, one per cell type with cells in both conditions; each model trained "
+             f"without that cell type's {s['to']} cells. R²: mean over {s['n_subsamples']} subsamples (evaluate); "
+             "± is the sd over the folds.", "", "## Verdict", ""]
+    lines += [f"- {v}" for v in report["verdict"]]
+    lines.append("")
+    for metric, title in (("r2_mean_degs", f"R² of DEG means (top {n_degs})"),
+                          ("r2_var_degs", f"R² of DEG variances (top {n_degs})"),
+                          ("change_pearson_all", "r of change, all genes"), ("r2_mean_all", "R² of means, all genes"),
+                          ("r2_var_all", "R² of variances, all genes")):
+        lines += [f"## {title}", "", "| cell type | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for fold in report["folds"]:
+            cells = []
+            for m in methods:
+                v = fold["methods"].get(m, {}).get("metrics", {}).get(metric)
+                cells.append(_fmt(v.get("mean") if isinstance(v, dict) else v))
+            lines.append(f"| {fold['cell_type']} | " + " | ".join(cells) + " |")
+        agg = []
+        for m in methods:
+            e = report["summary"][m][metric]
+            spread = f" ± {e['sd']:.3f}" if e["sd"] is not None else ""
+            agg.append("—" if e["mean"] is None else _fmt(e["mean"]) + spread)
+        lines += [f"| **mean ± sd** | " + " | ".join(agg) + " |", ""]
+    if report["cell_types"]["skipped"]:
+        lines += ["Skipped: " + "; ".join(f"{t}: {why}" for t, why in report["cell_types"]["skipped"].items()), ""]
+    return "\n".join(lines)
+
+
+def validation_figure(report: dict):
+    """R² of DEG means and DEG variances per fold: each decode (filled) against identity and mean
+    shift (open, grey); a line at each decode's mean over the folds. A matplotlib Figure (headless)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .plotting.figures import PALETTE
+
+    folds = [f["cell_type"] for f in report["folds"]]
+    decodes = report["settings"]["decodes"]
+    methods = [*REFERENCES, *decodes]
+    styles = {IDENTITY: dict(marker="o", mfc="white", color="#7f7f7f"),
+              MEAN_SHIFT: dict(marker="s", mfc="white", color="#444444")}
+    for i, d in enumerate(decodes):
+        styles[d] = dict(marker="D^v"[i % 3], color=PALETTE[i % len(PALETTE)])
+    fig = Figure(figsize=(max(6.0, 1.6 + 1.1 * len(folds)) * 1.0, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(folds))
+    width = 0.7 / len(methods)
+    panels = (("r2_mean_degs", "R² of DEG means"), ("r2_var_degs", "R² of DEG variances"))
+    for ax, (metric, title) in zip(axes, panels):
+        for j, m in enumerate(methods):
+            ys = np.array([figure_of(f, m, metric) for f in report["folds"]], float)
+            sds = np.array([figure_of(f, m, metric, "sd") for f in report["folds"]], float)
+            ax.errorbar(x - 0.35 + width * (j + 0.5), ys, yerr=np.nan_to_num(sds), ls="none", ms=6, capsize=2,
+                        label=m, **styles[m])
+            mean = report["summary"][m][metric]["mean"]
+            if m in decodes and mean is not None:
+                ax.axhline(mean, color=styles[m]["color"], lw=0.8, ls="--", alpha=0.7)
+        ax.set_xticks(x, folds, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+        ax.set_xlabel("held-out cell type", fontsize=8)
+    axes[0].set_ylabel("R² (mean ± sd over subsamples)")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right center", frameon=False)
+    s = report["settings"]
+    fig.suptitle(f"each cell type predicted by a model that never saw its {s['to']} cells ({s['from']} → {s['to']}); "
+                 "dashed: mean over folds", fontsize=9)
+    return fig
+
+
+def figure_of(fold_entry: Mapping, method: str, metric: str, part: str = "mean") -> float:
+    v = fold_entry["methods"].get(method, {}).get("metrics", {}).get(metric)
+    v = v.get(part) if isinstance(v, dict) else (v if part == "mean" else None)
+    return float("nan") if v is None else float(v)
+
+
+def _write_reports(out: Path, report: dict) -> list[Path]:
+    """validation.json, .csv, .md and .png: all of them or none."""
+    from .outputs import write_files
+    from .report import report_json
+
+    fig = validation_figure(report)
+    texts = {"validation.json": report_json(report), "validation.csv": _csv_text(report),
+             "validation.md": _markdown(report)}
+
+    def text_writer(text):
+        return lambda tmp: tmp.write_text(text)
+
+    writers = {out / name: text_writer(text) for name, text in texts.items()}
+    writers[out / "validation.png"] = lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight",
+                                                              metadata={"Software": "trvae"})
+    return write_files(writers)
+
+
+# --------------------------------------------------------------------------- the entry points
+
+def _resolve(settings, preset) -> TrainSettings:
+    if isinstance(settings, TrainSettings):
+        return resolve_settings(settings)
+    return resolve_settings(preset=preset, given=settings)
+
+
+def validate(
+    data,
+    condition_key: str,
+    cell_type_key: str,
+    source: str,
+    target: str,
+    out: str | Path = "trvae_validation",
+    *,
+    cell_types: Sequence[str] | None = None,
+    decodes: Sequence[str] = DEFAULT_DECODES,
+    jobs: int | None = None,
+    threads: int | None = None,
+    settings: TrainSettings | Mapping | None = None,
+    preset: str | None = None,
+    exclude: Sequence[str] = (),
+    layer: str | None = None,
+    backed: bool = False,
+    n_degs: int = 100,
+    n_subsamples: int = 100,
+    keep_models: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] | None = _say,
+    command: str | None = None,
+) -> dict:
+    """Leave each cell type out in turn, predict it, score it; write ``out`` and return the report.
+
+    Parameters
+    ----------
+    data, condition_key, cell_type_key
+        An ``.h5ad`` path (the folds read it in their own processes) and its obs columns.
+    source, target
+        The conditions A and B: every fold predicts one cell type's B cells from its A cells.
+    out
+        The validation folder (see the module's layout). An existing one resumes when its settings
+        are these, is refused otherwise; ``force`` starts it over (only a folder trvae wrote).
+    cell_types
+        Hold out only these (default: every cell type with cells in both conditions).
+    decodes
+        The ``trvae transform --decode`` modes to score (each becomes a method of every fold).
+    jobs, threads
+        Folds at once (default: one per 2 cores) and CPU threads of each (default: the cores
+        split evenly between the jobs).
+    settings, preset, layer, backed
+        As :func:`trvae_cli.api.train`; the same for every fold. ``exclude``: also left out of
+        every fold's training (what the final model will not see either).
+    n_degs, n_subsamples
+        :func:`trvae_cli.evaluation.evaluate`'s (``n_degs`` is capped at the number of genes).
+    keep_models
+        Keep ``out/models/<T>/`` (each fold's model and predictions) instead of deleting it.
+    log
+        Where the human lines go (default: stderr); None says nothing.
+
+    Returns
+    -------
+    The report written to ``out/validation.json``: ``settings``, ``cell_types`` (folds, skipped
+    and why), ``folds`` (per fold and method every evaluate figure), ``summary`` (per method and
+    metric: mean, sd over folds, per-fold values, how often each decode beats each reference),
+    ``verdict`` (the lines said on stderr), ``chosen_decode``; and ``outputs``, the files written.
+    """
+    from .data.anndata_io import check_h5ad_path
+    from .outputs import check_target, claim
+    from .sources import looks_like_images
+
+    say = log or (lambda line: None)
+    if not isinstance(data, (str, Path)):
+        raise TrvaeError("validate needs an .h5ad path: each fold reads the data in its own process")
+    if looks_like_images(data):
+        raise TrvaeError("validate holds out cell types of .h5ad cells; image input is not supported")
+    check_h5ad_path(data)
+    decodes = list(decodes)
+    bad = [d for d in decodes if d not in DECODES]
+    if not decodes or bad or len(set(decodes)) != len(decodes):
+        raise TrvaeError(f"--decodes must list distinct modes of {', '.join(DECODES)}, got {','.join(decodes)!r}")
+    for name, value in (("--jobs", jobs), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise TrvaeError(f"{name} must be >= 1, got {value}")
+    if n_subsamples < 1 or n_degs < 1:
+        raise TrvaeError("--n-degs and --n-subsamples must be >= 1")
+    resolved = _resolve(settings, preset)
+    plan = plan_folds(data, condition_key, cell_type_key, source, target, cell_types)
+    notes = []       # said once the output has passed its checks, not before an error
+    if n_degs > plan.n_genes:
+        notes.append(f"note: --n-degs {n_degs} is more than the {plan.n_genes} genes: scoring the top {plan.n_genes}")
+        n_degs = plan.n_genes
+    out = Path(out)
+    check_target(out, True, what="validation folder", inputs=[data])   # never the data, nor around it
+    data_path = Path(data).resolve()
+    compared = {"data": str(data_path), "data_bytes": data_path.stat().st_size, "condition_key": condition_key,
+                "cell_type_key": cell_type_key, "from": source, "to": target, "cell_types": plan.folds,
+                "exclude": list(exclude), "layer": layer, "backed": bool(backed), "decodes": decodes,
+                "n_degs": int(n_degs), "n_subsamples": int(n_subsamples), "training": resolved.to_dict()}
+    command = command or (f"trvae_cli.validate.validate({str(data)!r}, {condition_key!r}, {cell_type_key!r}, "
+                          f"{source!r}, {target!r}, {str(out)!r}, ...)")
+    with claim(out):
+        _prepare_out(out, compared, force)
+        done = _finished(out, plan.folds, compared)
+        pending = [t for t in plan.folds if t not in done]
+        cores = _cores()
+        jobs_now = max(1, min(jobs or max(1, cores // 2), len(pending) or 1))
+        threads_each = threads or max(1, cores // jobs_now)
+        k = len(plan.folds)
+        for line in notes:
+            say(line)
+        for t, why in plan.skipped.items():
+            say(f"skipping {t}: {why}")
+        what = (f"validate trains {k} model{'s' if k != 1 else ''} (one per cell type with both conditions: "
+                f"{', '.join(plan.folds)})")
+        at_once = f"{jobs_now} at a time, {threads_each} thread{'s' if threads_each != 1 else ''} each"
+        if done:
+            took = float(np.median([r["train_wall_seconds"] for r in done.values()]))
+            left = len(pending) * took / jobs_now
+            say(f"{what}; one training of this data took ~{took:.0f} s here; {len(done)} of {k} folds already done "
+                f"({', '.join(done)})" + (f": about {_duration(left)} left ({at_once})" if pending else ""))
+        else:
+            say(f"{what}: about {k} times one `trvae train` of this data ({at_once})")
+        specs = {t: {"cell_type": t, "data": str(data_path), "condition_key": condition_key,
+                     "cell_type_key": cell_type_key, "source": source, "target": target,
+                     "exclude": [*exclude, f"{t}:{target}"], "layer": layer, "backed": bool(backed),
+                     "settings": resolved.to_dict(), "preset": preset, "decodes": decodes, "n_degs": int(n_degs),
+                     "n_subsamples": int(n_subsamples), "seed": int(resolved.seed), "threads": threads_each,
+                     "model_dir": str((out / "models" / _file_name(t)).resolve()),
+                     "fold_file": str(fold_path(out, t).resolve()), "keep_models": bool(keep_models),
+                     "compared": compared, "command": command}
+                 for t in pending}
+        started = time.perf_counter()
+        finished_now: list[str] = []
+
+        def on_done(t: str, record: dict) -> None:
+            done[t] = record
+            finished_now.append(t)
+            line = (f"[{len(done)}/{k}] {t}: trained in {record['train_wall_seconds']:.0f} s "
+                    f"({record['result']['epochs_run']} epochs), scored: R² DEG means "
+                    + ", ".join(f"{m} {figure(record, m, 'r2_mean_degs'):.3f}" for m in [*decodes, *REFERENCES]))
+            remaining = len(pending) - len(finished_now)
+            if remaining:      # at the pace of the folds finished so far
+                line += f"; about {_duration((time.perf_counter() - started) / len(finished_now) * remaining)} left"
+            say(line)
+
+        failed = _run_folds(pending, specs, out, jobs_now, threads_each, on_done) if pending else {}
+        if failed:
+            raise TrvaeError(f"{len(failed)} of {k} folds failed (the others are kept; the same command retries "
+                             "them): " + "; ".join(f"{t}: {why}" for t, why in failed.items()))
+        records = [done[t] for t in plan.folds]
+        from .evaluation import analysis_versions
+
+        decided = summarize(records, decodes)
+        report = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "settings": {**compared, "preset": preset or "trvae", "seed": int(resolved.seed), "jobs": jobs_now,
+                         "threads": threads_each, "keep_models": bool(keep_models),
+                         "r2": "evaluate's R²: squared Pearson of per-gene means / variances, mean over subsamples",
+                         "sd": "over the folds, ddof 1"},
+            "training": records[0]["training"],
+            "cell_types": {"folds": plan.folds, "skipped": plan.skipped, "counts": plan.counts},
+            "folds": [_fold_entry(r) for r in records],
+            **decided,
+            "versions": {**records[0].get("model_versions", {}), **analysis_versions()},
+        }
+        written = _write_reports(out, report)
+        report["outputs"] = [str(p) for p in written]    # returned, not written: the folder may move (train --validate)
+        if not keep_models:
+            shutil.rmtree(out / "models", ignore_errors=True)
+    for line in report["verdict"]:
+        say(line)
+    return report
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def side_folder(model_dir: Path) -> Path:
+    """Where ``trvae train --validate`` runs the folds before the final model exists (resumable)."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f".{model_dir.name}.trvae-validation"
+
+
+def train_with_validation(data, condition_key: str, out: str | Path, *, cell_type_key: str, source: str,
+                          target: str, exclude: Sequence[str] = (), layer: str | None = None, backed: bool = False,
+                          settings: Mapping | TrainSettings | None = None, preset: str | None = None,
+                          options: RunOptions | None = None, cell_types: Sequence[str] | None = None,
+                          decodes: Sequence[str] = DEFAULT_DECODES, jobs: int | None = None, n_degs: int = 100,
+                          n_subsamples: int = 100, log: Callable[[str], None] | None = _say,
+                          command: str | None = None) -> Path:
+    """``trvae train --validate``: the validation folds with the same settings, then the final model
+    into ``out`` as :func:`~trvae_cli.api.train` trains it, with the validation in ``out/validation/``
+    (what ``trvae transform --decode auto`` reads).
+
+    The folds run in ``.OUT.trvae-validation`` beside ``out`` (the model directory is written whole,
+    at the end) and move into it once the model is saved; an interrupted run resumes them.
+    ``options.force`` replaces the model directory and starts the validation over.
+    """
+    from . import api
+    from .outputs import check_target, is_model_dir
+
+    o = (options or RunOptions()).validate()
+    out = Path(out)
+    if not isinstance(data, (str, Path)) or not Path(data).exists():
+        raise TrvaeError(f"data file not found: {data}" if isinstance(data, (str, Path))
+                         else "--validate needs an .h5ad path")
+    if condition_key is None:
+        raise TrvaeError("--condition is required for .h5ad input (the obs column of the conditions)")
+    if not cell_type_key or not source or not target:
+        raise TrvaeError("--validate needs --cell-type-key, --from and --to (the cell types to hold out, the "
+                         "conditions to predict from and to)")
+    if o.resume or o.strategy != "none":
+        raise TrvaeError("--validate cannot be combined with --resume or --strategy (run the validation and the "
+                         "final training separately: trvae validate, then trvae train)")
+    check_target(out, o.force, what="model directory", inputs=[data], marker=is_model_dir)   # before k trainings
+    side = side_folder(out)
+    validate(data, condition_key, cell_type_key, source, target, side, cell_types=cell_types, decodes=decodes,
+             jobs=jobs, threads=o.threads, settings=settings, preset=preset, exclude=exclude, layer=layer,
+             backed=backed, n_degs=n_degs, n_subsamples=n_subsamples, force=o.force, log=log, command=command)
+    (log or (lambda line: None))(f"validation done; training the final model into {out}")
+    path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
+                     backed=backed, settings=settings, preset=preset, options=o)
+    if path is not None:
+        os.replace(side, Path(path) / VALIDATION_DIR)
+    return path
+
+
+def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str) -> dict:
+    """What ``trvae transform --decode auto`` decodes with: the mode the model's validation chose
+    (``MODEL_DIR/validation/validation.json``, from the held-out folds only) when it validated this
+    ``source`` -> ``target`` with the model's own training settings; else ``default`` (the input
+    kind's), ``"by": "default"`` with the reason."""
+    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
+
+    def fallback(reason: str) -> dict:
+        return {"chosen": default, "by": "default", "scores": {}, "folds": 0, "reason": reason}
+
+    if not path.is_file():
+        return fallback("the model holds no validation result (trvae train --validate)")
+    try:
+        v = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return fallback(f"{path} is unreadable")
+    if not isinstance(v, dict) or v.get("format") != FORMAT or not (v.get("chosen_decode") or {}).get("chosen"):
+        return fallback(f"{path} is not a trvae validation result")
+    s = v.get("settings", {})
+    if (s.get("from"), s.get("to")) != (source, target):
+        return fallback(f"the validation predicted {s.get('from')} -> {s.get('to')}, not {source} -> {target}")
+    if v.get("training") != cfg.get("training"):
+        return fallback("the validation's training settings are not the model's")
+    c = v["chosen_decode"]
+    return {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
+                                                                   if x is not None},
+            "folds": int(c["folds"]), "criterion": c.get("criterion", CRITERION), "validation": str(path.resolve())}
+
+
+if __name__ == "__main__":
+    sys.exit(_fold_main(sys.argv[1:]))
