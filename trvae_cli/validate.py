@@ -257,8 +257,10 @@ def _prepare_out(out: Path, compared: dict, force: bool) -> None:
         if is_validation_dir(out):
             if force:
                 for name in ("folds", "logs", "models", *REPORT_NAMES):
-                    p = out / name
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    if (out / name).is_dir():
+                        shutil.rmtree(out / name, ignore_errors=True)
+                    else:
+                        (out / name).unlink(missing_ok=True)
             else:
                 recorded = json.loads((out / "folds" / "settings.json").read_text())["settings"]
                 diff = _differences(recorded, compared)
@@ -355,7 +357,7 @@ def _run_folds(pending: list[str], specs: dict[str, dict], out: Path, jobs: int,
 
 # --------------------------------------------------------------------------- the summary
 
-def figure(fold: Mapping, method: str, metric: str) -> float:
+def fold_value(fold: Mapping, method: str, metric: str) -> float:
     """One figure of one method in a fold's record: an R²'s subsample mean, or the point figure (NaN if absent)."""
     for r in fold["evaluation"]["results"]:
         if r["label"] == method:
@@ -380,18 +382,18 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str]) -> dict:
     for method in [*decodes, *REFERENCES]:
         summary[method] = {}
         for metric in SUMMARY_METRICS:
-            values = [figure(f, method, metric) for f in folds]
+            values = [fold_value(f, method, metric) for f in folds]
             entry = _stats(values)
             if method in decodes:
                 for ref, key in ((MEAN_SHIFT, "mean_shift"), (IDENTITY, "identity")):
-                    pairs = [(v, figure(f, ref, metric)) for v, f in zip(values, folds)]
+                    pairs = [(v, fold_value(f, ref, metric)) for v, f in zip(values, folds)]
                     pairs = [(v, r) for v, r in pairs if np.isfinite(v) and np.isfinite(r)]
                     entry[f"beats_{key}"] = int(sum(v > r for v, r in pairs))
                     entry[f"compared_{key}"] = len(pairs)
             summary[method][metric] = entry
     scores = {}
     for d in decodes:
-        per_fold = [(figure(f, d, "r2_mean_degs") + figure(f, d, "r2_var_degs")) / 2 for f in folds]
+        per_fold = [(fold_value(f, d, "r2_mean_degs") + fold_value(f, d, "r2_var_degs")) / 2 for f in folds]
         scores[d] = _stats(per_fold)["mean"]
     ranked = [d for d in decodes if scores[d] is not None]
     if ranked:
@@ -517,8 +519,8 @@ def validation_figure(report: dict):
     panels = (("r2_mean_degs", "R² of DEG means"), ("r2_var_degs", "R² of DEG variances"))
     for ax, (metric, title) in zip(axes, panels):
         for j, m in enumerate(methods):
-            ys = np.array([figure_of(f, m, metric) for f in report["folds"]], float)
-            sds = np.array([figure_of(f, m, metric, "sd") for f in report["folds"]], float)
+            ys = np.array([entry_value(f, m, metric) for f in report["folds"]], float)
+            sds = np.array([entry_value(f, m, metric, "sd") for f in report["folds"]], float)
             ax.errorbar(x - 0.35 + width * (j + 0.5), ys, yerr=np.nan_to_num(sds), ls="none", ms=6, capsize=2,
                         label=m, **styles[m])
             mean = report["summary"][m][metric]["mean"]
@@ -537,7 +539,7 @@ def validation_figure(report: dict):
     return fig
 
 
-def figure_of(fold_entry: Mapping, method: str, metric: str, part: str = "mean") -> float:
+def entry_value(fold_entry: Mapping, method: str, metric: str, part: str = "mean") -> float:
     v = fold_entry["methods"].get(method, {}).get("metrics", {}).get(metric)
     v = v.get(part) if isinstance(v, dict) else (v if part == "mean" else None)
     return float("nan") if v is None else float(v)
@@ -701,7 +703,7 @@ def validate(
             finished_now.append(t)
             line = (f"[{len(done)}/{k}] {t}: trained in {record['train_wall_seconds']:.0f} s "
                     f"({record['result']['epochs_run']} epochs), scored: R² DEG means "
-                    + ", ".join(f"{m} {figure(record, m, 'r2_mean_degs'):.3f}" for m in [*decodes, *REFERENCES]))
+                    + ", ".join(f"{m} {fold_value(record, m, 'r2_mean_degs'):.3f}" for m in [*decodes, *REFERENCES]))
             remaining = len(pending) - len(finished_now)
             if remaining:      # at the pace of the folds finished so far
                 line += f"; about {_duration((time.perf_counter() - started) / len(finished_now) * remaining)} left"
