@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
     """(wall seconds, peak RSS in GB, stderr) of ``cmd`` under /usr/bin/time -v."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    # run outside the checkout: `python -m` puts the working directory first on sys.path
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, cwd="/")
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -56,13 +57,12 @@ def main(argv=None) -> int:
             print(f"writing {path} ...", file=sys.stderr)
             make_large.write_large(path, n, args.genes, seed=0)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if args.pythonpath:
-        env["PYTHONPATH"] = args.pythonpath
+    env["PYTHONPATH"] = args.pythonpath or str(ROOT)
     trvae = [sys.executable, "-m", "trvae_cli.cli"]
     model = work / "model"
     if not (model / "config.json").exists():
         subprocess.run([*trvae, "train", str(small), "--condition", "condition", "--cell-type-key", "cell_type",
-                        "--epochs", "3", "--out", str(model), "--force", "-q"], check=True, env=env)
+                        "--epochs", "3", "--out", str(model), "--force", "-q"], check=True, env=env, cwd="/")
     out = work / "pred.h5ad"
     wall, peak, _ = timed([*trvae, "transform", "--model", str(model), "--data", str(large), "--from", "control",
                            "--to", "stimulated", "--backed", "--out", str(out), "--force", "-q"], env)

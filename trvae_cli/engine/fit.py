@@ -178,6 +178,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
                              restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
+    from .feeding import for_backend
     from .progress import event_logger
 
     o = options or RunOptions()
@@ -244,8 +245,10 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
         log("phase", phase="compiling" if compiling else "training")
         try:
             with signals if own_signals else nullcontext():
-                model.fit(train_batches, validation_data=val_batches, epochs=s.epochs, initial_epoch=initial_epoch,
-                          callbacks=callbacks, verbose=0, shuffle=False)
+                model.fit(for_backend(train_batches, data.example_shape, keras, dist.replicas),
+                          validation_data=for_backend(val_batches, data.example_shape, keras, dist.replicas),
+                          epochs=s.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                          shuffle=False)
         except TrainingInterrupted as stop:
             path = checkpointer.write()
             done = checkpointer.snapshot["state"]["epochs_done"]
