@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli_helpers import assert_user_error, invoke
-from trvae_cli.cli import (EMBED_SECTIONS, EVALUATE_SECTIONS, TRAIN_SECTIONS, TRANSFORM_SECTIONS, SectionedCommand,
-                           _invocation, _input_kind, main)
+from trvae_cli.cli import (EMBED_SECTIONS, EVALUATE_SECTIONS, TRAIN_SECTIONS, TRANSFORM_SECTIONS, VALIDATE_SECTIONS,
+                           SectionedCommand, _invocation, _input_kind, main)
 
 SECTIONS = {"train": TRAIN_SECTIONS, "transform": TRANSFORM_SECTIONS, "embed": EMBED_SECTIONS,
-            "evaluate": EVALUATE_SECTIONS}
+            "evaluate": EVALUATE_SECTIONS, "validate": VALIDATE_SECTIONS}
 IMAGES = "Images only"
 
 

@@ -42,8 +42,9 @@ class Decoding:
         return self.mode == "sample" or (self.mode == "counterfactual" and self.residual_scale in ("auto", "counts"))
 
     def validate(self) -> "Decoding":
-        if self.mode not in DECODE_MODES:
-            raise TrvaeError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.mode!r}")
+        modes = [m for m in DECODE_MODES if m != "auto"]   # "auto" is resolved before decoding (api.transform)
+        if self.mode not in modes:
+            raise TrvaeError(f"--decode must be one of {', '.join(modes)}, got {self.mode!r}")
         if self.residual_scale not in RESIDUAL_SCALES:
             raise TrvaeError(f"--residual-scale must be one of {', '.join(RESIDUAL_SCALES)}, "
                              f"got {self.residual_scale!r}")
