@@ -208,17 +208,6 @@ def epoch_times(seconds: list[float]) -> tuple[float, float]:
     return seconds[0], median(seconds[1:]) if len(seconds) > 1 else float("nan")
 
 
-def metric_columns(result: dict) -> dict:
-    """One evaluate result (``report["results"][i]``) as CSV columns (R² as mean, _sd, _full)."""
-    out = {"n_cells": result["n_cells"]}
-    for name, v in result["metrics"].items():
-        if isinstance(v, dict):
-            out[name], out[f"{name}_sd"], out[f"{name}_full"] = v["mean"], v["sd"], v["full"]
-        else:
-            out[name] = v
-    return out
-
-
 def summarize_rows(rows: list[dict]) -> dict:
     """{label: {column: (min, median, mean, sd, n)}} over repetitions, every numeric column."""
     out: dict = {}
@@ -618,10 +607,10 @@ def main(argv=None) -> int:
         new = []
         for side, row in rows.items():
             base = {"side": side, "seed": seed, "rep": rep, "order": order.index(side), "threads": args.threads, **row}
-            new.append(base | {"label": LABELS[side]} | metric_columns(results[LABELS[side]]))
+            new.append(base | {"label": LABELS[side]} | holdout.flat_metrics(results[LABELS[side]]))
             if side == "trvae":       # the same model, decoded means: R² only
                 new.append({"side": "trvae_mean", "label": LABELS["trvae_mean"], "seed": seed, "rep": rep,
-                            "threads": args.threads} | metric_columns(results[LABELS["trvae_mean"]]))
+                            "threads": args.threads} | holdout.flat_metrics(results[LABELS["trvae_mean"]]))
         holdout.append_rows(csv_path, new, COLUMNS)
         for r in new:
             print(f"           {r['label']:13s}: R² DEG means {r['r2_mean_degs']:.3f}, DEG vars {r['r2_var_degs']:.3f}, "

@@ -512,6 +512,11 @@ def validate_command(ctx, data, condition_key, cell_type_key, source, target, la
         click.echo(path)
 
 
+_model_option = click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
+                             help="Model directory.")
+_data_option = click.option("--data", default=None,
+                            help="Input .h5ad or image folder [default: what the model was trained on].")
+
 TRANSFORM_SECTIONS = {
     "Data": "--model --data --from --to --cell-type --condition --cell-type-key --backed",
     "Prediction": "--decode --residual-scale --seed --draws",
@@ -523,9 +528,8 @@ TRANSFORM_SECTIONS = {
 @main.command(cls=SectionedCommand, sections=TRANSFORM_SECTIONS,
               short_help="Transform cells or images from condition --from to --to.")
 # Data
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
-              help="Model directory.")
-@click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
+@_model_option
+@_data_option
 @click.option("--from", "source", required=True, metavar="CONDITION", help="Condition of the cells to transform.")
 @click.option("--to", "target", required=True, metavar="CONDITION", help="Condition to transform them to.")
 @cells_option("--cell-type", default=None, help="Only transform cells of this cell type.")
@@ -606,9 +610,8 @@ EMBED_SECTIONS = {
 @main.command(cls=SectionedCommand, sections=EMBED_SECTIONS,
               short_help="Write the latent space (z and the MMD layer) of DATA as .h5ad.")
 # Data
-@click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",
-              help="Model directory.")
-@click.option("--data", default=None, help="Input .h5ad or image folder [default: what the model was trained on].")
+@_model_option
+@_data_option
 @cells_option("--condition", "--condition-key", "condition_key", default=None, metavar="KEY",
               help="obs column of the condition in DATA [default: the model's].")
 @click.option("--max-cells", type=click.IntRange(min=1), default=None, metavar="N",

@@ -287,12 +287,7 @@ def main(argv=None) -> int:
                     continue
                 row = last_json(res.stdout) | {"data_write_s": round(write_s, 1)}
                 rows.append(row)
-                new = not csv_path.exists()
-                with open(csv_path, "a", newline="") as fh:
-                    w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-                    if new:
-                        w.writeheader()
-                    w.writerow(row)
+                load("holdout", ROOT / "benchmarks" / "holdout.py").append_rows(csv_path, [row], list(COLUMNS))
                 print(f"N={n:>9,} {mode:6s} batch {batch:5d}: {row['train_cells_per_s']:>9,} cells/s, "
                       f"{row['epoch_s']} s/epoch (warm-up epoch {row['warmup_epoch_s']} s), transform "
                       f"{row['transform_cells_per_s']:,} cells/s, peak RSS {row['peak_rss_gb']} GB, GPU "
