@@ -121,8 +121,10 @@ def test_backed_transform_writes_the_same_file_block_by_block(trained_model, qc_
 def test_refresh_cell_qc_on_a_frame():
     obs = pd.DataFrame({"n_genes": [9, 9], "nCount_RNA": [1.0, 2.0], "total_counts_mt": [1, 1],
                         "cell_type": ["a", "b"], "n_genes_by_counts": [3, 3]})
+    obs["mt_frac"], obs["percent.mt"] = 0.1, 10.0
     recomputed, dropped = refresh_cell_qc(obs, np.array([4, 5]))
-    assert recomputed == ["n_genes", "n_genes_by_counts"] and dropped == ["nCount_RNA", "total_counts_mt"]
+    assert recomputed == ["n_genes", "n_genes_by_counts"]
+    assert dropped == ["nCount_RNA", "total_counts_mt", "mt_frac", "percent.mt"]
     assert list(obs.columns) == ["n_genes", "cell_type", "n_genes_by_counts"]
     assert list(obs["n_genes"]) == [4, 5]
 

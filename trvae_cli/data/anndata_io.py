@@ -210,7 +210,8 @@ def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str], *, data_
 _GENES_DETECTED = {"n_genes": np.int64, "n_genes_by_counts": np.int64, "nFeature_RNA": np.int64}
 _LOG_GENES_DETECTED = ("log1p_n_genes_by_counts",)
 _COUNT_TOTALS = re.compile(r"(n_counts|total_counts(_.+)?|log1p_total_counts(_.+)?|pct_counts_.+|"
-                           r"pct_counts_in_top_\d+_genes|nCount_RNA|n_umis?|size_factors?)")
+                           r"pct_counts_in_top_\d+_genes|nCount_RNA|n_umis?|size_factors?|"
+                           r"mt_frac|frac_mito|mito_frac|percent_mito|pct_mito|percent_mt|percent\.mt)")
 
 
 def refresh_cell_qc(obs: pd.DataFrame, genes_detected: np.ndarray) -> tuple[list[str], list[str]]:
