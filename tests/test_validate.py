@@ -17,6 +17,7 @@ import pytest
 from cli_helpers import assert_ok, assert_user_error, invoke
 
 from trvae_cli import validate as V
+from trvae_cli import validation_report as R
 from trvae_cli.cli import SectionedCommand, main
 
 TINY = ["--epochs", "2", "--hidden", "16", "--mmd-dim", "8", "--latent-dim", "4", "--batch-size", "64", "--no-jit"]
@@ -105,7 +106,7 @@ def test_verdict_is_the_mean_and_sd_over_the_fold_files(run):
 
     scores = {}
     for decode in ("counterfactual", "mean"):
-        for metric, what, of in V.VERDICT_METRICS:
+        for metric, what, of in R.VERDICT_METRICS:
             xs = np.array([value(f, decode, metric) for f in folds])
             shift = np.array([value(f, "mean shift", metric) for f in folds])
             entry = report["summary"][decode][metric]
@@ -130,9 +131,9 @@ def test_a_tie_goes_to_counterfactual():
                    for label, v in (("identity", 0.1), ("mean shift", 0.2), ("mean", mean), ("counterfactual", cf))]
         return {"evaluation": {"results": results}}
 
-    tied = V.summarize([fold(0.5, 0.5), fold(0.7, 0.7)], ["mean", "counterfactual"])
+    tied = R.summarize([fold(0.5, 0.5), fold(0.7, 0.7)], ["mean", "counterfactual"])
     assert tied["chosen_decode"]["chosen"] == "counterfactual"
-    single = V.summarize([fold(0.5, 0.9)], ["mean", "counterfactual"])
+    single = R.summarize([fold(0.5, 0.9)], ["mean", "counterfactual"])
     assert single["chosen_decode"]["chosen"] == "mean"
     assert single["summary"]["mean"]["r2_mean_degs"]["sd"] is None          # one fold: no spread
     assert "0.900 over 1 cell type; beats the mean shift on 1 of 1" in single["verdict"][0]
@@ -185,7 +186,7 @@ def test_outputs_are_never_half_written(run, partial_data, tmp_path, monkeypatch
                 fh.write(b"\x89PNG half")
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(V, "validation_figure", lambda report: FullDisk())
+    monkeypatch.setattr(R, "validation_figure", lambda report: FullDisk())
     result = invoke("validate", partial_data, *TASK, "--out", out, *FAST, *TINY)     # every fold done: no training
     assert result.exit_code == 74, result.output
     assert "No space left on device" in result.stderr and result.stdout == ""
