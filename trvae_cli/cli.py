@@ -151,6 +151,9 @@ class SectionedCommand(click.Command):
         return {title: [p for p in params if p.get_help_record(ctx) is not None]
                 for title, params in out.items()}
 
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: the arguments are listed in their section (click 8.5 would add a section of its own)."""
+
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = {title: [p.get_help_record(ctx) for p in params] for title, params in self.layout(ctx).items()}
         col = max((len(term) for records in rows.values() for term, _ in records if len(term) <= self.TERM_WIDTH),
