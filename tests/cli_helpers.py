@@ -66,3 +66,15 @@ def write_bar_images(root, n: int):
 def dense(x) -> np.ndarray:
     """A prediction's X (CSR where the input is sparse, dense otherwise) as a dense array."""
     return np.asarray(x.toarray() if hasattr(x, "toarray") else x)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

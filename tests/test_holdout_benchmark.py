@@ -1,20 +1,14 @@
 """``benchmarks/holdout.py``: the plan, one real (tiny) run, the CSV, resuming, the summary."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from cli_helpers import load_benchmark
 
 @pytest.fixture(scope="module")
 def holdout():
-    spec = importlib.util.spec_from_file_location("holdout", ROOT / "benchmarks" / "holdout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("holdout")
 
 
 def test_plan_runs_the_tuned_cell_type_first(holdout):

@@ -1,20 +1,14 @@
 """``benchmarks/peers.py``: its pure helpers (arguments, seeds, order, timings, the table); no scArches, no training."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from cli_helpers import load_benchmark
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers")
 
 
 def test_arguments_defaults_and_train_args(peers):

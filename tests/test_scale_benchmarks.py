@@ -1,19 +1,8 @@
 """benchmarks/make_large.py writes a valid AnnData in blocks; throughput.py's FLOP count."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from cli_helpers import load_benchmark as _load
 
 
 def test_make_large_writes_a_regular_sparse_h5ad(tmp_path):

@@ -171,44 +171,17 @@ class PredictionStream:
                 raise TrvaeError("nothing to transform: the selection is empty")
 
 
-def predict(model, blocks, source_code: int, target_code: int, decoding: Decoding, *,
-            delta: np.ndarray | None = None, value_range: tuple[float, float] | None = None,
-            auto_residual: str | None = None, sparse: bool | None = False) -> Predicted:
-    """Predict the items of ``blocks`` moved from ``source_code`` to ``target_code``, all in memory.
-
-    ``blocks``: a callable giving a fresh iterator of source blocks (or, with one draw, the iterator
-    itself); ``delta``: scGen's latent shift (unconditional models); ``value_range``: clip the
-    predictions to it (images); ``auto_residual``: what residual scale "auto" means (None: counts
-    where the first block holds them, else log1p; images: linear); ``sparse``: collect x as CSR,
-    block by block (the dense N x G array is never built).
-
-    Examples
-    --------
-    >>> pred = predict(model, lambda: source.blocks(rows), 0, 1, Decoding("mean"))   # doctest: +SKIP
-    >>> pred.x.shape                                                                 # doctest: +SKIP
-    """
-    if not callable(blocks):
-        if decoding.draws > 1:
-            raise TypeError("several draws read the blocks once each: pass a callable giving the blocks")
-        once = blocks
-        blocks = lambda: once   # noqa: E731
-    stream = PredictionStream(model, blocks, source_code, target_code, decoding, delta=delta,
-                              value_range=value_range, auto_residual=auto_residual)
-    return collect(stream, sparse=sparse)
-
-
 def collect(stream: "PredictionStream", sparse: bool | None = False) -> Predicted:
     """Every block of ``stream`` in memory. ``sparse``: X as CSR, built block by block (the dense
     N x G array is never held); None: CSR when the first block's density is at most
     :data:`~trvae_cli.data.h5ad_writer.SPARSE_MAX_DENSITY`, as the streamed writer decides."""
-    from .data.h5ad_writer import SPARSE_MAX_DENSITY
+    from .data.h5ad_writer import as_csr, stays_sparse
 
     xs, zs = [], []
     for block in stream:
         if sparse is None:
-            x0 = block.x
-            sparse = bool(x0.size == 0 or np.count_nonzero(x0) / x0.size <= SPARSE_MAX_DENSITY)
-        xs.append(_csr(block.x) if sparse else block.x)
+            sparse = stays_sparse(block.x)
+        xs.append(as_csr(block.x) if sparse else block.x)
         zs.append(block.z)
     if sparse:
         import scipy.sparse as sp
@@ -217,12 +190,6 @@ def collect(stream: "PredictionStream", sparse: bool | None = False) -> Predicte
     else:
         x = np.concatenate(xs)
     return Predicted(x=x, z=np.concatenate(zs), draws=stream.draws, residual_scale=stream.residual_scale)
-
-
-def _csr(x: np.ndarray):
-    import scipy.sparse as sp
-
-    return sp.csr_matrix(x.reshape(len(x), -1).astype(np.float32, copy=False))
 
 
 def encode_items(model, blocks: Iterable[np.ndarray], codes: np.ndarray, *, with_mmd_layer: bool = False):

@@ -26,10 +26,16 @@ class Written:
     nnz_per_row: np.ndarray
 
 
-def _as_csr(x: np.ndarray):
+def as_csr(x: np.ndarray):
+    """Rows ``x`` (any trailing shape) as a float32 CSR matrix."""
     import scipy.sparse as sp
 
     return sp.csr_matrix(np.asarray(x, np.float32).reshape(len(x), -1))
+
+
+def stays_sparse(block: np.ndarray) -> bool:
+    """Whether predictions whose first block is ``block`` are kept as CSR (:data:`SPARSE_MAX_DENSITY`)."""
+    return bool(block.size == 0 or np.count_nonzero(block) / block.size <= SPARSE_MAX_DENSITY)
 
 
 def write_streamed(path: str | Path, blocks: Iterable[np.ndarray], n_rows: int, n_cols: int, *,
@@ -55,9 +61,9 @@ def write_streamed(path: str | Path, blocks: Iterable[np.ndarray], n_rows: int, 
                 if before_first is not None:
                     before_first(block)
                 if sparse is None:
-                    sparse = bool(block.size == 0 or np.count_nonzero(block) / block.size <= SPARSE_MAX_DENSITY)
+                    sparse = stays_sparse(block)
                 if sparse:
-                    write_elem(f, "X", _as_csr(block))
+                    write_elem(f, "X", as_csr(block))
                     dataset = sparse_dataset(f["X"])
                 else:
                     dataset = f.create_dataset("X", shape=(n_rows, n_cols), dtype=np.float32,
@@ -65,7 +71,7 @@ def write_streamed(path: str | Path, blocks: Iterable[np.ndarray], n_rows: int, 
                     dataset.attrs["encoding-type"], dataset.attrs["encoding-version"] = "array", "0.2.0"
                     dataset[:len(block)] = block
             elif sparse:
-                dataset.append(_as_csr(block))
+                dataset.append(as_csr(block))
             else:
                 dataset[done:done + len(block)] = block
             nnz.append(np.count_nonzero(block, axis=1))
