@@ -143,3 +143,23 @@ def test_mixed_precision_trains_and_transforms(tiny_h5ad, tmp_path, precision):
     assert_ok(invoke("transform", "--model", out, "--from", "control", "--to", "stimulated", "--cell-type", "NK",
                      "--out", pred, "-q"))
     assert np.isfinite(dense(ad.read_h5ad(pred).X)).all()
+
+
+def test_variable_copies_hold_the_values_of_their_last_take():
+    from trvae_cli.backend import keras_module
+    from trvae_cli.engine.checkpoint import VariableCopies
+
+    keras = keras_module()
+    variables = [keras.Variable(np.arange(6, dtype=np.float32).reshape(2, 3)), keras.Variable(np.float32(2.0))]
+    copies = VariableCopies()
+    copies.take(variables)
+    variables[0].assign(np.zeros((2, 3), np.float32))         # training goes on after the snapshot
+    variables[1].assign(np.float32(-1.0))
+    first = copies.arrays()
+    np.testing.assert_array_equal(first[0], np.arange(6).reshape(2, 3))
+    assert first[1] == 2.0
+    copies.take(variables)                                      # the next epoch end
+    np.testing.assert_array_equal(copies.arrays()[0], np.zeros((2, 3)))
+    assert copies.arrays()[1] == -1.0
+    first[0][0, 0] = 99.0                                       # the arrays given out are copies
+    assert copies.arrays()[0][0, 0] == 0.0

@@ -1,10 +1,15 @@
-"""The tf.data pipeline that prefetches training batches feeds exactly the feeder's batches."""
+"""The tf.data pipeline feeds exactly the feeder's batches, epoch after epoch, and knows the sampler
+state that draws each epoch (what a checkpoint saves) although it draws ahead of Keras."""
+
+import itertools
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from trvae_cli.backend import keras_module
-from trvae_cli.engine.feeding import for_backend
+from trvae_cli.engine import feeding
+from trvae_cli.engine.feeding import feed
 from trvae_cli.sources.feeders import CellBatches
 
 
@@ -15,30 +20,84 @@ def _feeder(seed=3, fixed=False):
 
 
 def _by_hand(feeder, epochs):
-    out = []
+    """What Keras reads from the PyDataset itself: on_epoch_begin, then every batch, per epoch;
+    with the sampler's state before each epoch's draw."""
+    out, states = [], []
     for _ in range(epochs):
+        states.append(feeder.sampler.rng.bit_generator.state)
         feeder.on_epoch_begin()
         out.append([feeder[i] for i in range(len(feeder))])
-    return out
+    return out, states
 
 
-def test_every_epoch_is_the_feeders_own_draw():
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for ((gx, gc), gy), ((wx, wc), wy) in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(gx), wx)
+        np.testing.assert_array_equal(np.asarray(gc), wc)
+        np.testing.assert_array_equal(np.asarray(gy), wy)
+
+
+def _tensorflow():
     keras = keras_module()
-    dataset = for_backend(_feeder(), (7,), keras)
-    assert keras.backend.backend() != "tensorflow" or dataset.cardinality().numpy() == len(_feeder())
-    expected = _by_hand(_feeder(), 3)
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data feed is the TensorFlow backend's")
+    return keras
+
+
+def test_every_epoch_is_the_feeders_own_draw_read_from_one_endless_stream():
+    keras = _tensorflow()
+    training = feed(_feeder(), (7,), keras)
+    assert training.steps == len(_feeder())
+    expected, states = _by_hand(_feeder(), 3)
     assert not np.array_equal(expected[0][0][0][0], expected[1][0][0][0])   # epochs differ
-    for want in expected:                                   # one pass of the dataset = one epoch
-        got = list(dataset) if dataset is not None else []
-        assert len(got) == len(want)
-        for ((gx, gc), gy), ((wx, wc), wy) in zip(got, want):
-            np.testing.assert_array_equal(np.asarray(gx), wx)
-            np.testing.assert_array_equal(np.asarray(gc), wc)
-            np.testing.assert_array_equal(np.asarray(gy), wy)
+    stream = iter(training.data)
+    for epoch, want in enumerate(expected):        # `steps` batches of the stream = one epoch
+        _assert_same(list(itertools.islice(stream, training.steps)), want)
+        # the stream has drawn (at least) this epoch: its state is the one before that draw
+        assert training.sampler_state(epoch) == states[epoch]
+
+
+def test_the_state_of_an_epoch_not_drawn_yet_is_the_samplers_current_one():
+    keras = _tensorflow()
+    feeder = _feeder()
+    training = feed(feeder, (7,), keras, first_epoch=5)
+    before = feeder.sampler.rng.bit_generator.state
+    assert training.sampler_state(5) == before          # nothing read: epoch 5 is drawn from it
+    stream = iter(training.data)
+    next(stream)
+    assert training.sampler_state(5) == before          # drawn now, recorded before the draw
+    assert feeder.sampler.rng.bit_generator.state != before
+
+
+def test_validation_is_read_once_and_replayed(monkeypatch):
+    keras = _tensorflow()
+    feeder = _feeder(fixed=True)
+    expected, _ = _by_hand(_feeder(fixed=True), 1)
+    reads = []
+    original = feeder.__getitem__
+    monkeypatch.setattr(CellBatches, "__getitem__", lambda self, i: reads.append(i) or original(i))
+    validation = feed(feeder, (7,), keras)
+    stream = iter(validation.data)
+    for _ in range(3):
+        _assert_same(list(itertools.islice(stream, validation.steps)), expected[0])
+    assert len(reads) == len(feeder)                    # from the cache after the first pass
+
+
+def test_a_large_validation_set_is_read_again_each_epoch(monkeypatch):
+    keras = _tensorflow()
+    monkeypatch.setattr(feeding, "CACHE_BYTES", 10)
+    validation = feed(_feeder(fixed=True), (7,), keras)
+    expected, _ = _by_hand(_feeder(fixed=True), 1)
+    stream = iter(validation.data)
+    for _ in range(2):
+        _assert_same(list(itertools.islice(stream, validation.steps)), expected[0])
 
 
 def test_replicas_and_missing_data_keep_the_feeder():
     keras = keras_module()
     feeder = _feeder()
-    assert for_backend(feeder, (7,), keras, replicas=2) is feeder
-    assert for_backend(None, (7,), keras) is None
+    kept = feed(feeder, (7,), keras, replicas=2)
+    assert kept.data is feeder and kept.steps is None
+    assert kept.sampler_state(0) == feeder.sampler.rng.bit_generator.state
+    assert feed(None, (7,), keras) is None

@@ -58,6 +58,54 @@ def _np(v) -> np.ndarray:
     return np.array(keras.ops.convert_to_numpy(v), copy=True)
 
 
+class VariableCopies:
+    """Copies of variables taken at an epoch end, kept in the backend until a checkpoint is written.
+
+    Under TensorFlow (one replica) the copies are shadow ``tf.Variable`` s filled by one compiled
+    function of assignments: no copy to the host and no Python per variable. Measured on Kang
+    (1.8 M weights, Adam's two moments, 2 cores) the host copy of every variable at every epoch
+    end took 57 ms, against about 3 ms in the graph. Elsewhere (JAX, PyTorch, ``tf.distribute``
+    strategies) each is copied to a NumPy array, as before. :meth:`arrays` gives NumPy arrays.
+    """
+
+    def __init__(self):
+        self._shadows = None
+        self._copy = None
+        self._variables = None
+
+    def take(self, variables) -> None:
+        variables = list(variables)
+        if not self._fast():
+            self._shadows = [_np(v) for v in variables]
+            return
+        import tensorflow as tf
+
+        if self._variables is None or len(self._variables) != len(variables) or any(
+                a is not b for a, b in zip(self._variables, variables)):
+            self._variables = variables
+            self._shadows = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in variables]
+            sources = [v.value for v in variables]
+
+            @tf.function(autograph=False)
+            def copy():
+                for shadow, value in zip(self._shadows, sources):
+                    shadow.assign(value)
+
+            self._copy = copy
+        self._copy()
+
+    def arrays(self) -> list[np.ndarray]:
+        return [np.array(a, copy=True) for a in self._shadows]
+
+    @staticmethod
+    def _fast() -> bool:
+        if keras.backend.backend() != "tensorflow":
+            return False
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy()
+
+
 def _number(x):
     """JSON-safe float (None stays None; inf / nan as strings: json's Infinity is not standard JSON)."""
     if x is None:
@@ -77,12 +125,12 @@ class Checkpointer(keras.callbacks.Callback):
     learning-rate schedule did in that epoch.
     """
 
-    def __init__(self, directory: Path, every: int, batches, early, reduce_lr, meta: dict,
+    def __init__(self, directory: Path, every: int, sampler_state, early, reduce_lr, meta: dict,
                  history: list[dict] | None = None, restore: dict | None = None, on_write=None):
         super().__init__()
         self.directory = Path(directory)
         self.every = int(every)
-        self.batches = batches
+        self.sampler_state = sampler_state   # epoch -> the sampler's state that draws it
         self.early = early
         self.reduce_lr = reduce_lr
         self.meta = meta
@@ -90,6 +138,7 @@ class Checkpointer(keras.callbacks.Callback):
         self._restore = restore
         self._on_write = on_write
         self.snapshot: dict | None = None
+        self._model_copies, self._optimizer_copies = VariableCopies(), VariableCopies()
         self.stop_signal: str | None = None
 
     # -- signals ---------------------------------------------------------------------------
@@ -118,7 +167,6 @@ class Checkpointer(keras.callbacks.Callback):
             self.write()
 
     def _take(self, epochs_done: int) -> dict:
-        sampler = self.batches.sampler
         early = self.early
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -126,7 +174,7 @@ class Checkpointer(keras.callbacks.Callback):
             "meta": self.meta,
             "history": [dict(r) for r in self.history],
             "seconds": sum(r.get("seconds", 0.0) for r in self.history),
-            "sampler_rng": sampler.rng.bit_generator.state,
+            "sampler_rng": self.sampler_state(epochs_done),
             "early": {"wait": int(early.wait), "best": _number(early.best), "best_epoch": int(early.best_epoch),
                       "stopped_epoch": int(early.stopped_epoch), "has_best": early.best_weights is not None},
             "reduce_lr": None,
@@ -134,18 +182,26 @@ class Checkpointer(keras.callbacks.Callback):
         if self.reduce_lr is not None:
             r = self.reduce_lr
             state["reduce_lr"] = {"wait": int(r.wait), "best": _number(r.best), "cooldown": int(r.cooldown_counter)}
-        # by position: variable paths carry per-process auto-numbering (trvae_1/..., seed_generator_3/...)
-        arrays = {f"model/{i}": _np(v) for i, v in enumerate(self.model.variables)}
-        arrays.update({f"optimizer/{i}": _np(v) for i, v in enumerate(self.model.optimizer.variables)})
-        if early.best_weights is not None:
-            arrays.update({f"best/{i}": np.array(w, copy=True) for i, w in enumerate(early.best_weights)})
-        return {"state": state, "arrays": arrays}
+        self._model_copies.take(self.model.variables)
+        self._optimizer_copies.take(self.model.optimizer.variables)
+        # early stopping replaces its list of NumPy arrays when it improves, never writes into it
+        best = None if early.best_weights is None else list(early.best_weights)
+        return {"state": state, "best": best}
+
+    def arrays(self) -> dict:
+        """The latest snapshot's arrays, by position (variable paths carry per-process
+        auto-numbering: trvae_1/..., seed_generator_3/...)."""
+        arrays = {f"model/{i}": a for i, a in enumerate(self._model_copies.arrays())}
+        arrays.update({f"optimizer/{i}": a for i, a in enumerate(self._optimizer_copies.arrays())})
+        if self.snapshot["best"] is not None:
+            arrays.update({f"best/{i}": np.array(w, copy=True) for i, w in enumerate(self.snapshot["best"])})
+        return arrays
 
     def write(self) -> Path | None:
         """Write the latest snapshot (atomically); returns the checkpoint directory."""
         if self.snapshot is None:
             return None
-        path = write_checkpoint(self.directory, self.snapshot)
+        path = write_checkpoint(self.directory, {"state": self.snapshot["state"], "arrays": self.arrays()})
         if self._on_write is not None:
             self._on_write(self.snapshot["state"]["epochs_done"], path)
         return path

@@ -178,7 +178,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
                              restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
-    from .feeding import for_backend
+    from .feeding import feed
     from .progress import event_logger
 
     o = options or RunOptions()
@@ -226,8 +226,11 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
             "n_validation": int(len(val_pos)), "batch_size": int(s.batch_size)}
     early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch, info=info,
                                                  compiling=compiling)
+    train_feed = feed(train_batches, data.example_shape, keras, dist.replicas, initial_epoch)
+    val_feed = feed(val_batches, data.example_shape, keras, dist.replicas)
     checkpointer = Checkpointer(
-        checkpoint_path(out), o.checkpoint_every if dist.is_chief else 0, train_batches, early, reduce_lr, run_meta,
+        checkpoint_path(out), o.checkpoint_every if dist.is_chief else 0, train_feed.sampler_state, early, reduce_lr,
+        run_meta,
         history=history_before, restore=ckpt,
         on_write=lambda epoch, path: log("checkpoint", epoch=epoch, path=str(path)),
     )
@@ -245,8 +248,9 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
         log("phase", phase="compiling" if compiling else "training")
         try:
             with signals if own_signals else nullcontext():
-                model.fit(for_backend(train_batches, data.example_shape, keras, dist.replicas),
-                          validation_data=for_backend(val_batches, data.example_shape, keras, dist.replicas),
+                model.fit(train_feed.data, steps_per_epoch=train_feed.steps,
+                          validation_data=None if val_feed is None else val_feed.data,
+                          validation_steps=None if val_feed is None else val_feed.steps,
                           epochs=s.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                           shuffle=False)
         except TrainingInterrupted as stop:

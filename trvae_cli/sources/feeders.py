@@ -57,6 +57,10 @@ class CellBatches(keras.utils.PyDataset):
     def __len__(self):
         return self.sampler.n_batches
 
+    @property
+    def n_items(self) -> int:
+        return len(self.rows)
+
     def __getitem__(self, i):
         local = self._batches[i]
         return training_batch(self._read(local), self.labels[local], self.replicas)
@@ -94,6 +98,10 @@ class BackedBatches(keras.utils.PyDataset):
 
     def __len__(self):
         return self.plan.n_batches
+
+    @property
+    def n_items(self) -> int:
+        return len(self.plan.rows)
 
     def _pool(self, p: int):
         if p not in self._cache:
