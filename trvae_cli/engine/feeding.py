@@ -17,7 +17,7 @@ arithmetic is about 8 ms: 30 % of the epoch.
   checkpoint must save to resume that epoch);
 * for validation (``fixed`` feeders, the same batches every epoch), one pass kept in memory
   (``cache``) and replayed, when it is at most :data:`CACHE_BYTES`; a larger one is read again
-  each epoch like the training batches.
+  each epoch. Keras starts a new iterator over it at every epoch, so it is one finite pass.
 
 The generator yields ``(x, condition)`` and the target ``x`` is the same tensor, added in the
 graph: one copy of each batch into TensorFlow, not two.
@@ -90,13 +90,21 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
         yield from one_epoch()
 
     signature = (tf.TensorSpec((None, *example_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
-    cached = bool(batches.fixed) and 4 * batches.n_items * int(np.prod(example_shape)) <= CACHE_BYTES
-    if cached:
-        dataset = tf.data.Dataset.from_generator(one_fixed_pass, output_signature=signature).cache().repeat()
-    else:
-        dataset = tf.data.Dataset.from_generator(every_epoch, output_signature=signature)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = dataset.map(lambda x, condition: ((x, condition), x)).with_options(options).prefetch(PREFETCH)
-    return Feed(batches, dataset, n, None if cached else states, lock)
+
+    def finish(dataset, prefetch: bool):
+        dataset = dataset.map(lambda x, condition: ((x, condition), x)).with_options(options)
+        return dataset.prefetch(PREFETCH) if prefetch else dataset
+
+    if batches.fixed:
+        # Keras starts a new iterator over the validation data at every epoch (and drops the last
+        # one: dropping one of an endless prefetching stream took 300 ms), so this is one pass
+        dataset = tf.data.Dataset.from_generator(one_fixed_pass, output_signature=signature)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(n))
+        if 4 * batches.n_items * int(np.prod(example_shape)) <= CACHE_BYTES:
+            return Feed(batches, finish(dataset.cache(), prefetch=False), None)
+        return Feed(batches, finish(dataset, prefetch=True), None)
+    dataset = tf.data.Dataset.from_generator(every_epoch, output_signature=signature)
+    return Feed(batches, finish(dataset, prefetch=True), n, states, lock)
