@@ -38,3 +38,9 @@ def test_flops_per_cell_counts_every_dense_kernel():
     assert throughput.flops_per_cell(m) == 3 * 2 * sum(int(w.shape[0]) * int(w.shape[1]) for w in kernels)
     # the first encoder layer dominates: (genes + conditions) x hidden
     assert throughput.flops_per_cell(m) >= 3 * 2 * 102 * 32
+
+
+def test_profile_training_refuses_a_missing_data_file(tmp_path, capsys):
+    profile = _load("profile_training")
+    assert profile.main(["epoch", "--data", str(tmp_path / "none.h5ad")]) == 2
+    assert "no data file" in capsys.readouterr().err
