@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 import click
 
@@ -683,8 +682,6 @@ def evaluate(ctx, preds, labels, real, condition_key, source, target, cell_type_
     """Score predicted cells against real ones: R² of gene means and variances (all genes,
     top DEGs), change correlation, MMD, E-distance, DEG recovery, next to the identity
     and mean-shift references."""
-    from pathlib import Path
-
     from . import evaluation as ev
     from . import report as rp
     from .outputs import check_target, is_plain_file
