@@ -70,13 +70,19 @@ def test_the_state_of_an_epoch_not_drawn_yet_is_the_samplers_current_one():
     assert feeder.sampler.rng.bit_generator.state != before
 
 
-def test_validation_is_read_once_and_replayed(monkeypatch):
-    keras = _tensorflow()
+def _counted_validation_feeder(monkeypatch):
+    """A validation feeder and the list of the batches read from it."""
     feeder = _feeder(fixed=True)
-    expected, _ = _by_hand(_feeder(fixed=True), 1)
     reads = []
     original = feeder.__getitem__
     monkeypatch.setattr(CellBatches, "__getitem__", lambda self, i: reads.append(i) or original(i))
+    return feeder, reads
+
+
+def test_validation_is_read_once_and_replayed(monkeypatch):
+    keras = _tensorflow()
+    expected, _ = _by_hand(_feeder(fixed=True), 1)
+    feeder, reads = _counted_validation_feeder(monkeypatch)
     validation = feed(feeder, (7,), keras)
     assert validation.steps is None                     # one finite pass; Keras iterates it anew
     for _ in range(3):
@@ -87,11 +93,8 @@ def test_validation_is_read_once_and_replayed(monkeypatch):
 def test_a_large_validation_set_is_read_again_each_epoch(monkeypatch):
     keras = _tensorflow()
     monkeypatch.setattr(feeding, "CACHE_BYTES", 10)
-    feeder = _feeder(fixed=True)
     expected, _ = _by_hand(_feeder(fixed=True), 1)
-    reads = []
-    original = feeder.__getitem__
-    monkeypatch.setattr(CellBatches, "__getitem__", lambda self, i: reads.append(i) or original(i))
+    feeder, reads = _counted_validation_feeder(monkeypatch)
     validation = feed(feeder, (7,), keras)
     for _ in range(2):
         _assert_same(list(validation.data), expected[0])

@@ -9,8 +9,9 @@ arithmetic is about 8 ms: 30 % of the epoch.
 
 :func:`feed` builds instead, once per ``fit``:
 
-* for training, one endless generator over every epoch, read ``steps`` batches an epoch, behind a
-  ``prefetch``: the next epoch's first batches are prepared while the current epoch ends. Each
+* for training, one endless stream over every epoch (a counter mapped through one NumPy function
+  that reads the feeder), read ``steps`` batches an epoch, behind a ``prefetch``: the next epoch's
+  first batches are prepared while the current epoch ends. Each
   epoch still begins with the feeder's ``on_epoch_begin`` draw, in the same order, so the batches
   are the feeder's own; because that draw can now happen before Keras ends the previous epoch,
   :meth:`Feed.sampler_state` returns the sampler's state *before* a given epoch's draw (what a
@@ -19,8 +20,8 @@ arithmetic is about 8 ms: 30 % of the epoch.
   (``cache``) and replayed, when it is at most :data:`CACHE_BYTES`; a larger one is read again
   each epoch. Keras starts a new iterator over it at every epoch, so it is one finite pass.
 
-The generator yields ``(x, condition)`` and the target ``x`` is the same tensor, added in the
-graph: one copy of each batch into TensorFlow, not two.
+The feeder's ``(x, condition)`` enters TensorFlow once; the target ``x`` is the same tensor, added
+in the graph: one copy of each batch, not two.
 
 Multi-replica strategies keep the ``PyDataset`` (its batches are already dealt to the replicas,
 :func:`~trvae_cli.sources.feeders.training_batch`), and so do the JAX and PyTorch backends.
@@ -71,11 +72,6 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
     lock = threading.Lock()
     states: dict = {}
 
-    def one_epoch():
-        for i in range(n):
-            (x, condition), _ = batches[i]
-            yield x, condition
-
     def batch_number(i):
         """The i-th batch since ``first_epoch`` began (an epoch's first one draws that epoch)."""
         epoch, b = divmod(int(i), n)
@@ -94,29 +90,29 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
 
     def one_fixed_pass():
         batches.on_epoch_begin()
-        yield from one_epoch()
+        for i in range(n):
+            (x, condition), _ = batches[i]
+            yield x, condition
 
     signature = (tf.TensorSpec((None, *example_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
 
-    def finish(dataset, prefetch: bool):
-        dataset = dataset.map(lambda x, condition: ((x, condition), x)).with_options(options)
-        return dataset.prefetch(PREFETCH) if prefetch else dataset
+    def as_training_pairs(dataset):
+        return dataset.map(lambda x, condition: ((x, condition), x))
 
     if batches.fixed:
         # Keras starts a new iterator over the validation data at every epoch (and drops the last
         # one: dropping one of an endless prefetching stream took 300 ms), so this is one pass
         dataset = tf.data.Dataset.from_generator(one_fixed_pass, output_signature=signature)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(n))
+        dataset = as_training_pairs(dataset.apply(tf.data.experimental.assert_cardinality(n)))
         if 4 * batches.n_items * int(np.prod(example_shape)) <= CACHE_BYTES:
             # mapped before the cache: a new iterator over a full cache instantiates (and graph-
             # optimises) no function, where one over `cache().map()` spent ~30 ms an epoch on it
-            dataset = dataset.map(lambda x, condition: ((x, condition), x)).cache()
-            return Feed(batches, dataset.with_options(options), None)
-        return Feed(batches, finish(dataset, prefetch=True), None)
+            return Feed(batches, dataset.cache().with_options(options), None)
+        return Feed(batches, dataset.with_options(options).prefetch(PREFETCH), None)
     # a counter mapped through one NumPy function, read in order: no generator, whose teardown
     # when early stopping ended the stream mid-epoch sometimes blocked for 30 s
-    dataset = tf.data.Dataset.counter().map(read)
-    return Feed(batches, finish(dataset, prefetch=True), n, states, lock)
+    dataset = as_training_pairs(tf.data.Dataset.counter().map(read))
+    return Feed(batches, dataset.with_options(options).prefetch(PREFETCH), n, states, lock)
