@@ -45,8 +45,14 @@ def _tensorflow():
     return keras
 
 
-def test_every_epoch_is_the_feeders_own_draw_read_from_one_endless_stream():
+@pytest.mark.parametrize("resident", [True, False], ids=["rows held in TensorFlow", "read a batch at a time"])
+def test_every_epoch_is_the_feeders_own_draw_read_from_one_endless_stream(monkeypatch, resident):
     keras = _tensorflow()
+    if not resident:
+        monkeypatch.setattr(feeding, "RESIDENT_BYTES", 4 * 300 * 7 - 1)   # one byte short of these rows
+    reads = []
+    original = CellBatches.__getitem__
+    monkeypatch.setattr(CellBatches, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
     training = feed(_feeder(), (7,), keras)
     assert training.steps == len(_feeder())
     expected, states = _by_hand(_feeder(), 3)
@@ -56,6 +62,10 @@ def test_every_epoch_is_the_feeders_own_draw_read_from_one_endless_stream():
         _assert_same(list(itertools.islice(stream, training.steps)), want)
         # the stream has drawn (at least) this epoch: its state is the one before that draw
         assert training.sampler_state(epoch) == states[epoch]
+    stream_reads = len(reads) - 3 * len(_feeder())        # _by_hand's own reads
+    # resident: the stream gathers the batches from the rows in TensorFlow, never densifying one
+    assert (stream_reads == 0) if resident else (stream_reads >= 3 * training.steps)
+
 
 
 def test_the_state_of_an_epoch_not_drawn_yet_is_the_samplers_current_one():

@@ -61,9 +61,20 @@ class CellBatches(keras.utils.PyDataset):
     def n_items(self) -> int:
         return len(self.rows)
 
+    #: the rows can be held dense in memory all at once (:meth:`resident`); image files cannot
+    can_reside = True
+
     def __getitem__(self, i):
         local = self._batches[i]
         return training_batch(self._read(local), self.labels[local], self.replicas)
+
+    def positions(self, i) -> np.ndarray:
+        """Batch ``i``'s rows as positions into :meth:`resident` (the rows of ``__getitem__(i)``)."""
+        return self._batches[i]
+
+    def resident(self) -> np.ndarray:
+        """Every row of this feeder, dense float32, in the order :meth:`positions` indexes."""
+        return dense_rows(self.matrix, self.rows)
 
     def _read(self, local):
         """The batch's data, dense float32 (one batch at a time)."""
@@ -141,6 +152,8 @@ class ImageBatches(CellBatches):
     def __init__(self, image_set, items, labels, batch_size, seed=0, fixed=False, balanced=True, replicas=1):
         self.image_set = image_set
         super().__init__(None, items, labels, batch_size, seed, fixed, balanced, replicas)
+
+    can_reside = False
 
     def _read(self, local):
         from ..data.images import load_images
