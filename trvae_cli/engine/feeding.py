@@ -37,7 +37,7 @@ import threading
 
 PREFETCH = 2                 # batches prepared ahead: one in the step, one being read is enough on 2 cores
 CACHE_BYTES = 256 * 2**20    # a validation set kept in memory (dense float32) when at most this
-RESIDENT_BYTES = 1024 * 2**20  # training rows held dense in TensorFlow, batches gathered there, when at most this
+RESIDENT_BYTES = 256 * 2**20  # training rows held dense in TensorFlow, batches gathered there, when at most this
 
 
 class Feed:
