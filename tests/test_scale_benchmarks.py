@@ -38,6 +38,11 @@ def test_flops_per_cell_counts_every_dense_kernel():
     assert throughput.flops_per_cell(m) == 3 * 2 * sum(int(w.shape[0]) * int(w.shape[1]) for w in kernels)
     # the first encoder layer dominates: (genes + conditions) x hidden
     assert throughput.flops_per_cell(m) >= 3 * 2 * 102 * 32
+    # the ceiling's matmuls are those FLOPs for a batch: forward and both gradients of each kernel
+    shapes = throughput.matmul_shapes(m, 8)
+    assert len(shapes) == 3 * len(kernels) and (8, 102, 32) in shapes and (102, 8, 32) in shapes
+    assert sum(2 * a * b * c for a, b, c in shapes) == 8 * throughput.flops_per_cell(m)
+    assert throughput.model_matmul_gflops(keras_module(), shapes, repeats=1) > 0
 
 
 def test_profile_training_refuses_a_missing_data_file(tmp_path, capsys):
