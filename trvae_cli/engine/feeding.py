@@ -77,24 +77,22 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
     lock = threading.Lock()
     states: dict = {}
 
-    def batch_number(i):
-        """The i-th batch since ``first_epoch`` began (an epoch's first one draws that epoch)."""
+    def in_epoch(i) -> int:
+        """The i-th batch since ``first_epoch`` began is batch b of its epoch; the first draws that epoch."""
         epoch, b = divmod(int(i), n)
         if b == 0:
             with lock:
                 states[first_epoch + epoch] = batches.sampler.rng.bit_generator.state
                 batches.on_epoch_begin()   # this epoch's draw, as Keras makes it for a PyDataset
-        (x, condition), _ = batches[b]
+        return b
+
+    def batch_number(i):
+        (x, condition), _ = batches[in_epoch(i)]
         return np.asarray(x, np.float32), np.asarray(condition, np.int32)
 
     def batch_positions(i):
-        """Like ``batch_number``, the batch's positions in the feeder's resident rows instead of its data."""
-        epoch, b = divmod(int(i), n)
-        if b == 0:
-            with lock:
-                states[first_epoch + epoch] = batches.sampler.rng.bit_generator.state
-                batches.on_epoch_begin()
-        at = batches.positions(b)
+        """The batch's positions in the feeder's resident rows, instead of its data."""
+        at = batches.positions(in_epoch(i))
         return np.asarray(at, np.int64), np.asarray(batches.labels[at], np.int32)
 
     def positions(i):
