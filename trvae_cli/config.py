@@ -66,7 +66,7 @@ class ModelConfig:
     """The network and its loss weights: the arguments :class:`~trvae_cli.model.TRVAE` saves."""
 
     hidden: tuple[int, ...] = (128,)
-    mmd_dim: int = 32
+    mmd_dim: int = 128         # cells; images keep 32 (their input defaults, sources/images.py)
     latent_dim: int = 10
     dropout: float = 0.0
     output_activation: str = "relu"
