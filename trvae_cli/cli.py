@@ -322,7 +322,7 @@ MODEL_OPTIONS = (
                  help="Hidden layer sizes of the encoder (the decoder mirrors them)."),
     click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True, metavar="N",
                  help="Width of the MMD layer (first decoder layer) and last encoder layer "
-                      "[images: 32]."),
+                      "(images: 32 unless given)."),
     click.option("--latent-dim", type=click.IntRange(min=1), default=D.latent_dim, show_default=True, metavar="N"),
     click.option("--mmd-on", type=click.Choice(MMD_PLACEMENTS), default=D.mmd_on, show_default=True,
                  help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE."),
