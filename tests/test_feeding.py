@@ -67,7 +67,6 @@ def test_every_epoch_is_the_feeders_own_draw_read_from_one_endless_stream(monkey
     assert (stream_reads == 0) if resident else (stream_reads >= 3 * training.steps)
 
 
-
 def test_the_state_of_an_epoch_not_drawn_yet_is_the_samplers_current_one():
     keras = _tensorflow()
     feeder = _feeder()

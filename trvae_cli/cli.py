@@ -276,13 +276,14 @@ def _names(ctx, param, value):
 
 
 def _decodes(ctx, param, value):
-    # the modes validate's folds can score (its DECODES), from config: importing validate here
-    # would load evaluate's SciPy statistics (~0.7 s) into every `trvae train`
-    DECODES = tuple(m for m in DECODE_MODES if m != "auto")
+    # from config, not validate: importing validate would load evaluate's SciPy statistics
+    # (~0.7 s) into every `trvae train`
+    from .config import SCORED_DECODES
+
     names = _names(ctx, param, value)
-    bad = [n for n in names or () if n not in DECODES]
+    bad = [n for n in names or () if n not in SCORED_DECODES]
     if bad or (names and len(set(names)) != len(names)):
-        raise click.BadParameter(f"expected distinct modes of {', '.join(DECODES)}, got {value!r}")
+        raise click.BadParameter(f"expected distinct modes of {', '.join(SCORED_DECODES)}, got {value!r}")
     return names
 
 

@@ -38,6 +38,8 @@ STRATEGIES = ("none", "mirrored", "multiworker")
 #: "auto" is resolved by transform before decoding: the mode the model's validation chose
 #: (:func:`trvae_cli.validate.decode_choice`), else the input kind's default.
 DECODE_MODES = ("counterfactual", "mean", "sample", "auto")
+#: the decodings `trvae validate` scores on its folds (``auto`` is the choice made from them)
+SCORED_DECODES = tuple(m for m in DECODE_MODES if m != "auto")
 #: ``--residual-scale`` of a counterfactual: "auto" is counts when the data hold them, else log1p
 #: (see :mod:`trvae_cli.counterfactual`).
 RESIDUAL_SCALES = ("auto", "counts", "log1p", "linear")

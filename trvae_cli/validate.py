@@ -50,7 +50,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import DECODE_MODES, RunOptions, TrainSettings, resolve_settings
+from .config import SCORED_DECODES, RunOptions, TrainSettings, resolve_settings
 from .errors import Interrupted, TrvaeError
 from .validation_report import CRITERION, REFERENCES, fold_entry, fold_value, summarize, write_reports
 
@@ -59,7 +59,7 @@ FOLD_FORMAT = "trvae-validation-fold"
 SETTINGS_FORMAT = "trvae-validation-settings"
 FORMAT_VERSION = 1
 #: The decode modes a validation can score (``auto`` is what it decides).
-DECODES = tuple(m for m in DECODE_MODES if m != "auto")
+DECODES = SCORED_DECODES
 DEFAULT_DECODES = ("counterfactual", "mean")
 VALIDATION_DIR = "validation"      # MODEL_DIR/validation/ after ``trvae train --validate``
 REPORT_NAMES = ("validation.json", "validation.csv", "validation.md", "validation.png")

@@ -124,8 +124,8 @@ def in_multi_worker_mode() -> bool:
 def prepare_model(model, dist: Distribution, example_shape: tuple) -> None:
     """Ready ``model`` (compiled, inside ``dist.scope()``) to train under ``dist``'s strategy.
 
-    Sets the replica count its loss divides by, builds the model and its optimizer explicitly
-    (so Keras skips its symbolic build), and wraps the train and test steps so that scalar logs
+    Sets the replica count its loss divides by, builds the model explicitly (the engine then
+    builds its optimizer, for every strategy, so Keras skips its symbolic build), and wraps the train and test steps so that scalar logs
     get the axis Keras 3.15 reduces over in multi-worker mode. Nothing happens without a strategy.
     """
     if dist.strategy is None:
@@ -137,7 +137,6 @@ def prepare_model(model, dist: Distribution, example_shape: tuple) -> None:
 
     model.replicas = dist.replicas
     model((np.zeros((2, *example_shape), np.float32), np.zeros(2, np.int32)), training=False)
-    model.optimizer.build(model.trainable_variables)
     cls = type(model)
 
     def replica_logs(logs: dict) -> dict:

@@ -74,6 +74,7 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
     import tensorflow as tf
 
     n = len(batches)
+    dense_bytes = 4 * batches.n_items * int(np.prod(example_shape))   # all its rows as float32
     lock = threading.Lock()
     states: dict = {}
 
@@ -130,14 +131,14 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
         # one: dropping one of an endless prefetching stream took 300 ms), so this is one pass
         dataset = tf.data.Dataset.from_generator(one_fixed_pass, output_signature=signature)
         dataset = as_training_pairs(dataset.apply(tf.data.experimental.assert_cardinality(n)))
-        if 4 * batches.n_items * int(np.prod(example_shape)) <= CACHE_BYTES:
+        if dense_bytes <= CACHE_BYTES:
             # mapped before the cache: a new iterator over a full cache instantiates (and graph-
             # optimises) no function, where one over `cache().map()` spent ~30 ms an epoch on it
             return Feed(batches, dataset.cache().with_options(options), None)
         return Feed(batches, dataset.with_options(options).prefetch(PREFETCH), None)
     # a counter mapped through one NumPy function, read in order: no generator, whose teardown
     # when early stopping ended the stream mid-epoch sometimes blocked for 30 s
-    if getattr(batches, "can_reside", False) and 4 * batches.n_items * int(np.prod(example_shape)) <= RESIDENT_BYTES:
+    if getattr(batches, "can_reside", False) and dense_bytes <= RESIDENT_BYTES:
         rows = tf.convert_to_tensor(batches.resident())
         dataset = tf.data.Dataset.counter().map(positions).map(lambda at, c: (tf.gather(rows, at), c))
     else:

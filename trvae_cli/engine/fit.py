@@ -164,8 +164,7 @@ def _build(keras, data: TrainingData, s: TrainSettings, dist):
             prepare_model(model, dist, data.example_shape)   # built here, not by fit (see .distribute)
             # Adam's slots now, not inside the first trace of the step: a tf.function that creates
             # variables is traced twice (1.8 s + 1.1 s on Kang), one that does not, once (1.1 s)
-            if not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
+            model.optimizer.build(model.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return model
