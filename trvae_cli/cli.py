@@ -233,6 +233,28 @@ def main():
     """
 
 
+def console() -> None:
+    """The ``trvae`` program: :func:`main` in a process of its own (the console script).
+
+    Keras is imported without its optional integrations, and the process ends as soon as the
+    command has (:func:`trvae_cli.backend.exit_now`). ``main`` itself, as notebooks, tests and
+    ``CliRunner`` call it, does neither."""
+    from . import backend
+
+    backend.lean_imports = True
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):      # sys.exit("message"): Python prints it and exits 1
+        _err(str(code))
+        code = 1
+    backend.exit_now(code)
+
+
 def _given_settings(ctx: click.Context, opts: dict) -> dict:
     """The settings the command line set explicitly (presets and input defaults fill the rest)."""
     from click.core import ParameterSource
