@@ -750,5 +750,5 @@ from .cli_plot import plot  # noqa: E402  (the plot group, in its own module)
 main.add_command(plot)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover  (python -m trvae_cli.cli: the program, as the console script)
+    console()

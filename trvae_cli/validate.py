@@ -607,5 +607,8 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
             "folds": int(c["folds"]), "criterion": c.get("criterion", CRITERION), "validation": str(path.resolve())}
 
 
-if __name__ == "__main__":
-    sys.exit(_fold_main(sys.argv[1:]))
+if __name__ == "__main__":     # a fold's own process: started and ended as the trvae program is
+    from . import backend
+
+    backend.lean_imports = True
+    backend.exit_now(_fold_main(sys.argv[1:]))
