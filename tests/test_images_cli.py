@@ -87,6 +87,7 @@ def test_image_user_errors(image_tree, image_model, tmp_path):
     assert_user_error(invoke("train", image_tree, "--out", out, *TINY, "--filters", "8,16,32,64,128"),
                       "divisible")
     assert_user_error(invoke("train", image_tree, "--image-size", "big", "--out", out, *TINY), "--image-size")
+    assert_user_error(invoke("train", image_tree, "--norm", "layer", "--out", out, *TINY), "--norm layer")
     assert not out.exists()
     pred = tmp_path / "p"
     assert_user_error(invoke("transform", "--model", image_model, "--data", image_tree, "--from", "tiny",

@@ -157,3 +157,38 @@ def test_condition_injection_reaches_the_output_past_the_mmd_layer(arch):
         assert clone.decoder.count_params() == m.decoder.count_params()
     with pytest.raises(ValueError):
         TRVAE(12, 2, condition_injection="middle")
+
+
+def test_layer_norm_normalises_each_cell_alone_and_saves(tmp_path):
+    """``norm="layer"``: every dense block is LayerNorm (no BatchNorm left), so a cell's encoding
+    in training mode does not depend on the other cells of its batch; BatchNorm's does."""
+    x, c = data(32)
+    onehot = np.eye(2, dtype="float32")[c]
+    for norm, alone in (("batch", False), ("layer", True)):
+        m = TRVAE(12, 2, norm=norm, **SMALL)
+        kinds = {type(layer).__name__ for net in (m.encoder, m.decoder) for layer in net.layers}
+        assert ("LayerNormalization" in kinds) == (norm == "layer")
+        assert ("BatchNormalization" in kinds) == (norm == "batch")
+        whole = ops.convert_to_numpy(m.encoder([x, onehot], training=True)[0])[:4]
+        part = ops.convert_to_numpy(m.encoder([x[:4], onehot[:4]], training=True)[0])
+        # LayerNorm: the same float operations on the same row either way (float32 rounding of a
+        # 12 -> 16 -> 8 -> 4 network on values of order 1: far below 1e-4); BatchNorm: other statistics
+        assert (np.abs(whole - part).max() < 1e-4) == alone, norm
+    m.compile(optimizer="adam")
+    m.fit((x, c), x, batch_size=16, epochs=1, verbose=0)
+    m.save(tmp_path / "ln.keras")
+    loaded = keras.saving.load_model(tmp_path / "ln.keras", safe_mode=True, compile=False)
+    assert loaded.norm == "layer" and loaded.get_config() == m.get_config()
+    np.testing.assert_array_equal(m.encoder.predict_on_batch([x, onehot])[0],
+                                  loaded.encoder.predict_on_batch([x, onehot])[0])
+    # a model saved before the option existed has no "norm" in its config: BatchNorm, as it was trained
+    config = m.get_config()
+    config.pop("norm")
+    assert TRVAE.from_config(config).norm == "batch"
+
+
+def test_layer_norm_is_for_the_dense_network_only():
+    with pytest.raises(ValueError, match="--norm layer is for the dense network"):
+        TRVAE(64, 2, norm="layer", arch="conv", filters=(4,), image_shape=(8, 8, 1), **SMALL)
+    with pytest.raises(ValueError):
+        TRVAE(12, 2, norm="group")

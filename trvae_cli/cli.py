@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .config import (ARCHS, CONDITION_INJECTIONS, DECODE_MODES, LOG_FORMATS, MMD_PLACEMENTS, OUTPUT_ACTIVATIONS,
+from .config import (ARCHS, CONDITION_INJECTIONS, DECODE_MODES, LOG_FORMATS, MMD_PLACEMENTS, NORMS, OUTPUT_ACTIVATIONS,
                      PRECISIONS, PRESETS, RECONSTRUCTION_LOSSES, RESIDUAL_SCALES, STRATEGIES, RunOptions,
                      TrainSettings)
 from .errors import TrvaeError
@@ -278,8 +278,8 @@ def _image_size(ctx, param, text):
 
 TRAIN_SECTIONS = {
     "Data": "DATA --condition --cell-type-key --exclude --layer --backed --out",
-    "Model": "--preset --hidden --mmd-dim --latent-dim --mmd-on --condition-injection --conditional --alpha --beta "
-             "--eta --reconstruction --dropout --output-activation",
+    "Model": "--preset --hidden --mmd-dim --latent-dim --mmd-on --condition-injection --norm --conditional --alpha "
+             "--beta --eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
                 "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
                 "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs",
@@ -352,6 +352,9 @@ MODEL_OPTIONS = (
     click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
                  show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
                  "as in the paper; all = every decoder layer (past the MMD layer too)."),
+    click.option("--norm", type=click.Choice(NORMS), default=D.norm, show_default=True,
+                 help="Normalisation in each dense layer: batch = BatchNorm, as the original trVAE; layer = "
+                 "LayerNorm over each cell, as scArches' TRVAE (cells only)."),
     click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
                  help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE."),
     click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight."),

@@ -27,6 +27,9 @@ MMD_PLACEMENTS = ("decoder", "latent", "none")
 #: Where the decoder sees the condition: only at its first (MMD) layer, as in the paper, or at
 #: every layer after it too (scvi-tools' ``inject_covariates``).
 CONDITION_INJECTIONS = ("first", "all")
+#: The normalisation in each dense block: BatchNorm (over the batch, the original trVAE) or
+#: LayerNorm (over one cell's units, as scArches' TRVAE); see :mod:`trvae_cli.model.blocks`.
+NORMS = ("batch", "layer")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 RECONSTRUCTION_LOSSES = ("mse", "sse")
 ARCHS = ("mlp", "conv", "unet")
@@ -74,6 +77,7 @@ class ModelConfig:
     output_activation: str = "relu"
     mmd_on: str = "decoder"
     condition_injection: str = "first"   # "all": the decoder gets the condition after g1 too
+    norm: str = "batch"        # "layer": LayerNorm in the dense blocks (cells only)
     conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
     arch: str = "mlp"          # images: "conv" (seed Table 1) or "unet" (the deeper one, Table 2)
     filters: tuple[int, ...] = (32, 64)   # conv blocks of the image networks (each halves H and W)
@@ -93,6 +97,9 @@ class ModelConfig:
             (_finite(self.dropout) and 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             _choice(self.mmd_on, MMD_PLACEMENTS, "--mmd-on"),
             _choice(self.condition_injection, CONDITION_INJECTIONS, "--condition-injection"),
+            _choice(self.norm, NORMS, "--norm"),
+            (self.arch == "mlp" or self.norm == "batch",
+             f"--norm layer is for the dense network of cells; the image networks (--arch {self.arch}) use BatchNorm"),
             _choice(self.output_activation, OUTPUT_ACTIVATIONS, "--output-activation"),
             _choice(self.arch, ARCHS, "--arch"),
             _choice(self.reconstruction, RECONSTRUCTION_LOSSES, "--reconstruction"),

@@ -16,7 +16,8 @@ With ``condition_injection="all"`` every layer of g2 (and the output layer) take
 ``[h, onehot(s)]`` instead of ``h``: the condition reaches the output past the MMD layer,
 whose distribution the penalty makes condition-free.
 
-Each hidden block is Dense(no bias) -> BatchNorm -> LeakyReLU(0.2) -> Dropout.
+Each hidden block is Dense(no bias) -> BatchNorm -> LeakyReLU(0.2) -> Dropout (``norm="layer"``:
+Dense -> LayerNorm -> LeakyReLU(0.2) -> Dropout; see :func:`~trvae_cli.model.blocks.dense_block`).
 The MMD layer's activation is taken after the LeakyReLU, before its dropout,
 as in the original implementation.
 
@@ -46,29 +47,29 @@ MODEL_FIELDS = tuple(ModelConfig.__dataclass_fields__)
 
 
 def build_encoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, seed, conditional=True,
-                  sync_bn=False):
+                  sync_bn=False, norm="batch"):
     x = keras.Input((n_genes,), name="x")
     c = keras.Input((n_conditions,), name="condition")   # unused when not conditional (same interface)
     h = layers.Concatenate(name="encoder_input")([x, c]) if conditional else x
     for i, units in enumerate((*hidden, mmd_dim)):
-        _, h = dense_block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i, sync_bn)
+        _, h = dense_block(h, units, dropout, f"encoder_{i}", None if seed is None else seed + i, sync_bn, norm)
     z_mean = layers.Dense(latent_dim, name="z_mean")(h)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(h)
     return keras.Model([x, c], [z_mean, z_log_var], name="encoder")
 
 
 def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, output_activation, seed,
-                  conditional=True, sync_bn=False, condition_injection="first"):
+                  conditional=True, sync_bn=False, condition_injection="first", norm="batch"):
     z = keras.Input((latent_dim,), name="z")
     c = keras.Input((n_conditions,), name="condition")
     h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
-    mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn)
+    mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn, norm)
     reinject = conditional and condition_injection == "all"
     for i, units in enumerate(reversed(hidden)):
         if reinject:
             h = layers.Concatenate(name=f"decoder_{i}_input")([h, c])
-        _, h = dense_block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn)
+        _, h = dense_block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn, norm)
     if reinject:
         h = layers.Concatenate(name="reconstruction_input")([h, c])
     x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
@@ -109,6 +110,7 @@ class TRVAE(keras.Model):
         filters=_D.filters,
         image_shape=None,
         condition_injection: str = _D.condition_injection,
+        norm: str = _D.norm,
         sync_batchnorm: bool = False,
         **kwargs,
     ):
@@ -116,7 +118,7 @@ class TRVAE(keras.Model):
         ModelConfig(hidden=tuple(hidden), mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
                     output_activation=output_activation, mmd_on=mmd_on, conditional=conditional, alpha=alpha,
                     beta=beta, eta=eta, reconstruction=reconstruction, seed=0 if seed is None else seed, arch=arch,
-                    filters=tuple(filters), condition_injection=condition_injection).validate()
+                    filters=tuple(filters), condition_injection=condition_injection, norm=norm).validate()
         if (arch == "mlp") != (image_shape is None):
             raise ConfigError("image_shape (H, W, C) is required by the image architectures and only by them")
         self.arch = arch
@@ -137,16 +139,17 @@ class TRVAE(keras.Model):
         self.reconstruction = reconstruction
         self.seed = seed
         self.condition_injection = condition_injection
+        self.norm = norm
 
         if arch == "mlp":
             self.encoder = build_encoder(
                 self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
-                self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm,
+                self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm, norm,
             )
             self.decoder = build_decoder(
                 self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
                 self.latent_dim, self.dropout, output_activation, seed, self.conditional, sync_batchnorm,
-                condition_injection,
+                condition_injection, norm,
             )
         else:
             args = (self.image_shape, self.n_conditions, self.filters, self.mmd_dim, self.latent_dim, self.dropout,
