@@ -247,3 +247,27 @@ def test_prediction_keeps_the_gene_annotations_and_training_says_what_it_did(tin
     pred = api.transform(model, adata[:, ::-1].copy(), source="control", target="stimulated", write=False)
     assert list(pred.adata.var_names) == list(adata.var_names)          # the model's order
     assert list(pred.adata.var["symbol"]) == list(adata.var["symbol"])
+
+
+def test_kl_warmup_stops_on_the_full_weight_objective(tiny_h5ad, tmp_path):
+    """During a KL warm-up the loss carries a rising weight; early stopping and the LR schedule
+    watch eta*rec + alpha*kl + beta*mmd at the full weight instead (a NumPy reference of the logs)."""
+    import pandas as pd
+
+    settings = {**SMALL, "epochs": 12, "kl_warmup": 8, "alpha": 1.0, "early_stopping_patience": 3}
+    out = api.train(tiny_h5ad, "condition", tmp_path / "w", settings=settings, options=QUIET)
+    h = pd.read_csv(out / "history.csv")
+    result = json.loads((out / "config.json").read_text())["result"]
+    model = json.loads((out / "config.json").read_text())["model"]
+    eta, alpha, beta = (float(model[k]) for k in ("eta", "alpha", "beta"))
+    assert alpha == 1.0
+    for prefix in ("", "val_"):
+        ref = (eta * h[prefix + "reconstruction"].to_numpy(np.float64) + alpha * h[prefix + "kl"].to_numpy(np.float64)
+               + beta * h[prefix + "mmd"].to_numpy(np.float64))
+        np.testing.assert_allclose(h[prefix + "objective"].to_numpy(np.float64), ref, rtol=1e-6)
+    # the reported best is the minimum of the objective over the epochs run, not of the ramping loss
+    assert result["best_epoch"] == int(np.argmin(h["val_objective"].to_numpy())) + 1
+    assert result["best_val_objective"] == pytest.approx(float(h["val_objective"].min()), rel=1e-12)
+    plain = api.train(tiny_h5ad, "condition", tmp_path / "p", settings=SMALL, options=QUIET)
+    assert "best_val_loss" in json.loads((plain / "config.json").read_text())["result"]
+    assert "val_objective" not in pd.read_csv(plain / "history.csv").columns

@@ -24,6 +24,33 @@ class KLWarmup(keras.callbacks.Callback):
         self.model.kl_factor.assign(factor)
 
 
+class FullWeightObjective(keras.callbacks.Callback):
+    """Adds ``objective`` (and ``val_objective``) to every epoch's logs: the loss at the full KL weight,
+    ``eta * reconstruction + alpha * kl + beta * mmd`` from the epoch's mean terms.
+
+    During a KL warm-up ``loss`` carries the ramping weight, so it rises from one epoch to the next
+    while the model improves: early stopping and the LR schedule would compare losses of different
+    objectives (and stop at the start of the ramp). They monitor this instead, as scArches' trainer
+    monitors its unweighted validation loss.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        m = self.model
+        for prefix in ("", "val_"):
+            if prefix + "reconstruction" in logs:
+                logs[prefix + "objective"] = (m.eta * float(logs[prefix + "reconstruction"])
+                                              + m.alpha * float(logs[prefix + "kl"])
+                                              + m.beta * float(logs[prefix + "mmd"]))
+
+
+def monitored(kl_warmup: int, validation: bool) -> str:
+    """The log key early stopping and the LR schedule watch: the loss, or with a KL warm-up the
+    full-weight objective (:class:`FullWeightObjective`); of the validation rows when there are any."""
+    return ("val_" if validation else "") + ("objective" if kl_warmup > 0 else "loss")
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Adds ``seconds`` and ``learning_rate`` to every epoch's logs (and so to history.csv)."""
 
@@ -42,13 +69,15 @@ def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, in
     early stopping and progress, in the order they must run (``info``, ``compiling``: see
     :func:`~trvae_cli.engine.progress.progress_callback`)."""
     callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
+    if s.kl_warmup > 0:   # before the callbacks that read it
+        callbacks.append(FullWeightObjective())
     reduce_lr = None
     if s.lr_patience > 0:
         reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, factor=s.lr_factor, patience=s.lr_patience, min_lr=1e-6, verbose=0)
+            monitor=monitor, mode="min", factor=s.lr_factor, patience=s.lr_patience, min_lr=1e-6, verbose=0)
         callbacks.append(reduce_lr)
     early = keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
+        monitor=monitor, mode="min", patience=s.early_stopping_patience if s.early_stopping_patience > 0 else s.epochs,
         restore_best_weights=True, verbose=0)
     callbacks.append(early)
     shown = progress_callback(progress, s.epochs, console, initial_epoch, info=info, compiling=compiling)

@@ -177,7 +177,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     ``signals``: the run's :class:`~trvae_cli.engine.signals.Signals` (else SIGTERM / SIGINT are
     caught around ``fit`` only)."""
     from ..backend import keras_module, seed_everything
-    from .callbacks import make_callbacks
+    from .callbacks import make_callbacks, monitored
     from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
                              restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
@@ -199,10 +199,9 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
 
     train_batches = data.make_batches(train_pos, s.seed, False, dist.replicas, s.batch_size)
     val_batches = None
-    monitor = "loss"
     if len(val_pos):
         val_batches = data.make_batches(val_pos, s.seed + 1, True, dist.replicas, s.batch_size)
-        monitor = "val_loss"
+    monitor = monitored(s.kl_warmup, bool(len(val_pos)))
 
     # what a checkpoint must match to be resumed: the settings and the data as selected
     run_meta = json.loads(json.dumps({
