@@ -175,7 +175,7 @@ def test_history_has_a_panel_per_term_with_validation(trained_model):
     assert {"loss", "reconstruction", "kl", "mmd", "learning_rate", "val_loss"} <= set(columns)
     fig = plot_history(trained_model)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["total loss (η=100, α=0.0001, β=1)", "reconstruction error", "KL divergence", "MMD",
+    assert titles == ["total loss (η=100, α=0.03, β=1)", "reconstruction error", "KL divergence", "MMD",
                       "learning rate"]
     assert [ax.get_ylabel() for ax in fig.axes] == [
         "η·recon. + α·KL + β·MMD", "½ squared error, mean over genes", "KL(q(z|x) ‖ N(0, I)) per latent dim",

@@ -133,8 +133,9 @@ def test_scgen_transform_is_latent_arithmetic(preset_models):
         np.testing.assert_allclose(cfg["latent_arithmetic"]["means"][c], means[c], atol=1e-5)
 
 
-def test_each_input_kind_has_its_own_mmd_width_and_an_explicit_one_wins():
-    """Cells default to a 128-wide MMD layer (measured on Kang), images keep 32 (the image benchmarks')."""
+def test_each_input_kind_has_its_own_mmd_width_and_kl_weight_and_an_explicit_one_wins():
+    """Cells default to a 128-wide MMD layer and KL weight 0.03 (measured on Kang), images keep 32
+    and 1e-4 (the image benchmarks')."""
     from trvae_cli.config import resolve_settings
     from trvae_cli.sources.cells import CellSource
     from trvae_cli.sources.images import ImageSource
@@ -142,3 +143,6 @@ def test_each_input_kind_has_its_own_mmd_width_and_an_explicit_one_wins():
     assert resolve_settings(input_defaults=CellSource.input_defaults).mmd_dim == 128
     assert resolve_settings(input_defaults=ImageSource.input_defaults).mmd_dim == 32
     assert resolve_settings(input_defaults=ImageSource.input_defaults, given={"mmd_dim": 64}).mmd_dim == 64
+    assert resolve_settings(input_defaults=CellSource.input_defaults).alpha == 0.03
+    assert resolve_settings(input_defaults=ImageSource.input_defaults).alpha == 1e-4
+    assert resolve_settings(input_defaults=ImageSource.input_defaults, given={"alpha": 0.5}).alpha == 0.5

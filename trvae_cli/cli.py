@@ -357,7 +357,7 @@ MODEL_OPTIONS = (
                  "LayerNorm over each cell, as scArches' TRVAE (cells only)."),
     click.option("--conditional/--no-conditional", default=D.conditional, show_default=True,
                  help="Feed the condition to encoder and decoder; --no-conditional is scGen's plain VAE."),
-    click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight."),
+    click.option("--alpha", type=float, default=D.alpha, show_default=True, help="KL weight (images: 1e-4 unless given)."),
     click.option("--beta", type=float, default=D.beta, show_default=True, help="MMD weight."),
     click.option("--eta", type=float, default=D.eta, show_default=True, help="Reconstruction weight."),
     click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,

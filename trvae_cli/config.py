@@ -81,7 +81,7 @@ class ModelConfig:
     conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
     arch: str = "mlp"          # images: "conv" (seed Table 1) or "unet" (the deeper one, Table 2)
     filters: tuple[int, ...] = (32, 64)   # conv blocks of the image networks (each halves H and W)
-    alpha: float = 1e-4
+    alpha: float = 0.03        # cells; images keep 1e-4 (their input defaults, sources/images.py)
     beta: float = 1.0
     eta: float = 100.0
     reconstruction: str = "mse"
