@@ -192,3 +192,16 @@ def test_layer_norm_is_for_the_dense_network_only():
         TRVAE(64, 2, norm="layer", arch="conv", filters=(4,), image_shape=(8, 8, 1), **SMALL)
     with pytest.raises(ValueError):
         TRVAE(12, 2, norm="group")
+
+
+def test_sampling_noise_is_keras_own_normal_draw():
+    # the TensorFlow path names Philox (what "auto_select" resolves to on CPU and GPU) so that XLA
+    # does not carry the algorithm as a runtime value; the draws must be Keras' own, exactly
+    from trvae_cli.model.layers import standard_normal
+
+    ours, theirs = keras.random.SeedGenerator(5), keras.random.SeedGenerator(5)
+    for _ in range(3):   # and each draw advances the generator as Keras' does
+        a = ops.convert_to_numpy(standard_normal((64, 10), "float32", ours))
+        b = ops.convert_to_numpy(keras.random.normal((64, 10), dtype="float32", seed=theirs))
+        assert np.array_equal(a, b)
+    assert abs(a.mean()) < 5 / np.sqrt(a.size) and abs(a.std() - 1) < 0.1   # standard normal numbers
