@@ -134,3 +134,76 @@ def test_coinciding_points_do_not_explode():
     assert np.isfinite(k).all() and k.max() <= 1.0 + gamma(len(KERNEL_SCALES) + TRANSCENDENTAL_U)
     h = np.concatenate([x, x + 1e-3]).astype("float32")
     assert np.isfinite(mmd(h, np.repeat([0, 1], 4), 2))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 47, 48])
+def test_odd_and_tiny_batches_match_the_reference(batch):
+    # the model evaluates only the pairs i < j, in two halves and a leftover row for odd batches
+    rng = np.random.default_rng(100 + batch)
+    h = rng.normal(size=(batch, 12)).astype("float32")
+    labels = rng.integers(0, 3, batch)
+    h[labels == 2] += 0.7
+    value, reference, bound = checked_mmd(h, labels, 3)
+    assert np.isfinite(value)
+
+
+def np_mmd_gradient(h, labels, n_conditions, scales=KERNEL_SCALES):
+    """float64 d MMD / d h of the summed pairwise estimator, analytically.
+
+    MMD = sum_ij c_ij k(d2_ij) with c symmetric (1/n_p^2 within condition p, once per pair of
+    present conditions it belongs to; -1/(n_p n_q) between p and q, each order), so
+    d MMD / d h_i = sum_j 4 c_ij k'(d2_ij) (h_i - h_j), k'(d) = mean_s -exp(-d/2s) / (2s).
+    Returns the gradient, the magnitude sum_{j != i} |4 c_ij k'(d2_ij)| (|h_i| + |h_j|) per entry and d2.
+    """
+    h = np.asarray(h, np.float64)
+    counts = np.bincount(labels, minlength=n_conditions)
+    present = [c for c in range(n_conditions) if counts[c]]
+    c = np.zeros((len(h), len(h)))
+    for a, p in enumerate(present):
+        for q in present[a + 1:]:
+            ip, iq = labels == p, labels == q
+            c[np.ix_(ip, ip)] += 1.0 / counts[p] ** 2
+            c[np.ix_(iq, iq)] += 1.0 / counts[q] ** 2
+            c[np.ix_(ip, iq)] -= 1.0 / (counts[p] * counts[q])
+            c[np.ix_(iq, ip)] -= 1.0 / (counts[p] * counts[q])
+    diff = h[:, None, :] - h[None, :, :]
+    d2 = (diff**2).sum(-1)
+    dk = np.mean([-np.exp(-d2 / (2.0 * s)) / (2.0 * s) for s in scales], axis=0)
+    coef = 4.0 * c * dk
+    np.fill_diagonal(coef, 0.0)   # h_i - h_i = 0: the diagonal (k = 1 at every h) has no gradient
+    grad = (coef[:, :, None] * diff).sum(1)
+    magnitude = (np.abs(coef)[:, :, None] * (np.abs(h)[:, None, :] + np.abs(h)[None, :, :])).sum(1)
+    return grad, magnitude, d2
+
+
+@pytest.mark.parametrize("batch,n_conditions", [(40, 2), (33, 3)])
+def test_gradient_matches_numpy_reference(batch, n_conditions):
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the gradient is taken with TensorFlow's tape")
+    rng = np.random.default_rng(batch)
+    labels = rng.integers(0, n_conditions, batch)
+    labels[:n_conditions] = np.arange(n_conditions)
+    h = (rng.normal(size=(batch, 8)) * 1.5 + labels[:, None] * 0.5).astype("float32")
+    grad64, magnitude, d2 = np_mmd_gradient(h, labels, n_conditions)
+    off = d2[~np.eye(batch, dtype=bool)]
+    assert off.min() > 0.5   # well separated: the scales <= 1e-2 are exactly 0 off the diagonal, in both
+    hv = tf.Variable(h)
+    with tf.GradientTape() as tape:
+        loss = pairwise_condition_mmd(hv, onehot(labels, n_conditions))
+    grad32 = tape.gradient(loss, hv).numpy()
+    # Each term 4 c_ij k'(d2_ij) (h_i - h_j) is a product of float32 factors: the distance
+    # (gamma(dim + 2), relative to the magnitudes), k' at 19 scales (exp, its sum: gamma(S + 4 + U)),
+    # the counts and the chain rule's products (a handful of roundings), and the sum over j and
+    # the blocks (2 batch + 9). A distance error delta moves k' by at most max |k''| delta, where
+    # |k''| <= mean_s exp(-d2/2s) / (2s)^2 and d2 >= 0.5 here; those, relative to |k'|, are
+    # bounded by max over the live scales of delta / (2s) (delta <= gamma(dim + 2) 4 max ||h||^2).
+    delta = gamma(8 + 2) * 4.0 * (np.asarray(h, np.float64) ** 2).sum(1).max()
+    live = [s for s in KERNEL_SCALES if np.exp(-off.min() / (2 * s)) > 1e-30]
+    k_sensitivity = delta / (2.0 * min(live))
+    rel = gamma(2 * batch + 8 + 2 + len(KERNEL_SCALES) + TRANSCENDENTAL_U + 16) + k_sensitivity
+    assert_within(grad32, grad64, rel * magnitude, "float32 MMD gradient vs float64 reference")
+    # and the bound is tight enough to see a wrong gradient: half the MMD's gradient is far outside it
+    assert np.abs(0.5 * grad64 - grad64).max() > (rel * magnitude).max() * 10

@@ -112,7 +112,8 @@ def mmd_rounding_bound(h, labels, n_conditions, scales):
     Each kernel entry is then off by :func:`kernel_rounding_bound` (0 on the diagonal, where
     d2 = 0 exactly and k = 1 exactly). M = W^T K W / (n n^T): each M_ij is a mean of
     kernel entries, so it is off by at most the mean of the entries' bounds plus
-    gamma(2 batch + 1) |M_ij| (two one-hot matmuls over the batch, the division). Each
+    gamma(2 batch + 9) |M_ij|: the model sums W^T K W from the pairs i < j in blocks (two
+    one-hot matmuls over at most batch rows each, then 7 block additions and the division). Each
     present pair adds |dM_ii| + |dM_jj| + 2 |dM_ij| and gamma(2 + P) of its terms'
     magnitudes (its two additions and the sum over the P pairs).
     """
@@ -136,7 +137,7 @@ def mmd_rounding_bound(h, labels, n_conditions, scales):
     for i in present:
         for j in present:
             m[i, j] = k[np.ix_(groups[i], groups[j])].mean()
-            dm[i, j] = dk[np.ix_(groups[i], groups[j])].mean() + gamma(2 * batch + 1) * abs(m[i, j])
+            dm[i, j] = dk[np.ix_(groups[i], groups[j])].mean() + gamma(2 * batch + 9) * abs(m[i, j])
     pairs = [(i, j) for a, i in enumerate(present) for j in present[a + 1:]]
     total = 0.0
     for i, j in pairs:
