@@ -278,3 +278,104 @@ def test_validate_takes_train_s_model_and_training_options_from_one_definition()
     assert len(settings) == len(SETTING_NAMES) - 2
     for name in [*settings, "preset", "layer", "backed", "cell_types", "decodes", "n_degs", "n_subsamples", "jobs"]:
         assert validate[name] == train[name], name
+
+
+# --------------------------------------------------------------------------- a decode per cell type
+
+
+def _fold(name, cf, mean):
+    """A fold record with the criterion's two R² equal to ``cf`` / ``mean`` for the two decodes."""
+    results = [{"label": label, "metrics": {"r2_mean_degs": {"mean": v}, "r2_var_degs": {"mean": v},
+                                             "change_pearson_all": v}}
+               for label, v in (("identity", 0.1), ("mean shift", 0.2), ("counterfactual", cf), ("mean", mean))]
+    return {"cell_type": name, "evaluation": {"results": results}}
+
+
+def test_the_nearest_fold_rule_is_adopted_only_where_it_wins_on_the_folds():
+    decodes = ["counterfactual", "mean"]
+    # two lymphoid folds that want counterfactual, two myeloid that want mean; each one's nearest is its pair
+    folds = [_fold("T", 0.8, 0.6), _fold("NK", 0.7, 0.5), _fold("Mono", 0.5, 0.7), _fold("DC", 0.6, 0.65)]
+    pairs = {"T": "NK", "NK": "T", "Mono": "DC", "DC": "Mono"}
+    r = R.decode_rules(folds, decodes, pairs)
+    own = {f["cell_type"]: {"counterfactual": v[0], "mean": v[1]}
+           for f, v in zip(folds, [(0.8, 0.6), (0.7, 0.5), (0.5, 0.7), (0.6, 0.65)])}
+    # the reference, by hand: leave each fold out, choose from the others (pooled) or from its pair
+    by_set, by_near = [], []
+    for t in own:
+        pooled = {d: np.mean([own[u][d] for u in own if u != t]) for d in decodes}
+        by_set.append(own[t][max(pooled, key=pooled.get)])
+        by_near.append(own[t][max(own[pairs[t]], key=own[pairs[t]].get)])
+    assert r["scores"] == pytest.approx({R.DATA_SET_RULE: np.mean(by_set), R.NEAREST_RULE: np.mean(by_near)}, abs=1e-12)
+    assert np.mean(by_near) > np.mean(by_set) and r["rule"] == R.NEAREST_RULE
+    assert r["fold_best"] == {"T": "counterfactual", "NK": "counterfactual", "Mono": "mean", "DC": "mean"}
+    assert r["per_fold"]["Mono"] == {"nearest": "DC", R.DATA_SET_RULE: "counterfactual", R.NEAREST_RULE: "mean"}
+    # neighbours that mislead: the nearest rule does no better on the folds (0.55 both) and is not adopted
+    crossed = {"T": "Mono", "NK": "DC", "Mono": "T", "DC": "NK"}
+    r = R.decode_rules(folds, decodes, crossed)
+    assert r["scores"] == pytest.approx({R.DATA_SET_RULE: 0.55, R.NEAREST_RULE: 0.55}, abs=1e-12)
+    assert r["rule"] == R.DATA_SET_RULE
+    worse = R.decode_rules([*folds[:3], _fold("DC", 0.9, 0.65)], decodes, crossed)
+    assert worse["scores"][R.NEAREST_RULE] < worse["scores"][R.DATA_SET_RULE] and worse["rule"] == R.DATA_SET_RULE
+    # two folds (the rules coincide), no neighbours, or a neighbour that is no fold: one choice for the data set
+    for args in ((folds[:2], {"T": "NK", "NK": "T"}), (folds, None), (folds, {**pairs, "T": "B"})):
+        r = R.decode_rules(args[0], decodes, args[1])
+        assert r["rule"] == R.DATA_SET_RULE and r["scores"] == {}
+    summary = R.summarize(folds, decodes, pairs)
+    assert summary["chosen_decode"]["rule"] == R.NEAREST_RULE
+    assert any("the nearest fold's own best" in line for line in summary["verdict"])
+
+
+def test_nearest_folds_by_mean_expression():
+    means = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.0, 4.0]])
+    assert R.nearest_folds(means, ["a", "b", "c", "d"]) == {"a": "b", "b": "a", "c": "d", "d": "c"}
+    assert R.nearest_folds(means[:1], ["a"]) == {}
+
+
+def test_decode_auto_takes_the_nearest_validated_cell_type_s_choice(run, partial_data, tmp_path):
+    model = tmp_path / "model"
+    assert_ok(invoke("train", partial_data, *KEYS, *TINY, "--out", model))
+    validation = model / V.VALIDATION_DIR
+    validation.mkdir()
+    report = json.loads((run[0] / "validation.json").read_text())
+    cfg = json.loads((model / "config.json").read_text())
+    assert report["training"] == cfg["training"]
+    report["chosen_decode"].update(chosen="counterfactual", rule=R.NEAREST_RULE,
+                                   fold_best={"T": "counterfactual", "B": "mean", "X": "sample"},
+                                   rule_scores={R.NEAREST_RULE: 0.61, R.DATA_SET_RULE: 0.58})
+    (validation / "validation.json").write_text(json.dumps(report))
+    adata = ad.read_h5ad(partial_data)
+    genes = list(adata.var_names)
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    control = (adata.obs["condition"] == "control").values
+    t_mean = x[control & (adata.obs["cell_type"] == "T").values].mean(0)
+    b_mean = x[control & (adata.obs["cell_type"] == "B").values].mean(0)
+    # B's fold is where T's cells are, X's is far from both; the genes are stored in another order
+    means = np.stack([t_mean, t_mean + 1e-3, b_mean + 100.0])[:, ::-1]
+    with open(validation / R.CENTROIDS, "wb") as fh:
+        np.savez_compressed(fh, cell_types=np.array(["T", "B", "X"]), var_names=np.array(genes[::-1]), means=means)
+
+    def predict(cell_type):
+        pred = tmp_path / f"{cell_type}{len(list(tmp_path.glob('*.h5ad')))}.h5ad"
+        res = invoke("transform", "--model", model, "--from", "control", "--to", "stimulated",
+                     "--cell-type", cell_type, "--decode", "auto", "--out", pred)
+        assert_ok(res)
+        uns = ad.read_h5ad(pred).uns["trvae"]
+        return uns["decode_choice"], uns["decode"], res.stderr
+
+    choice, decode, err = predict("T")      # T's own fold is never its answer: B is the nearest other
+    assert choice["nearest"] == "B" and decode == choice["chosen"] == "mean"
+    assert choice["data_set_choice"] == "counterfactual" and choice["rule"] == R.NEAREST_RULE
+    assert float(choice["distance"]) == pytest.approx(1e-3 * np.sqrt(len(genes)), rel=1e-3)
+    assert "--decode auto: mean, the best on B, the validated cell type nearest to T" in err
+    choice, decode, _ = predict("B")        # B's nearest other fold: T (X is far)
+    assert choice["nearest"] == "T" and decode == "counterfactual"
+    # no single cell type: the data set's choice, and why
+    res = invoke("transform", "--model", model, "--from", "control", "--to", "stimulated", "--decode", "auto",
+                 "--out", tmp_path / "all.h5ad")
+    assert_ok(res)
+    choice = ad.read_h5ad(tmp_path / "all.h5ad").uns["trvae"]["decode_choice"]
+    assert choice["chosen"] == "counterfactual" and choice["rule"] == "data set" and "--cell-type" in choice["rule_reason"]
+    # the centroids gone: the data set's choice, said
+    (validation / R.CENTROIDS).unlink()
+    choice, decode, _ = predict("T")
+    assert decode == "counterfactual" and "missing or unreadable" in choice["rule_reason"]

@@ -313,6 +313,16 @@ def transform(
         decoding = Decoding(decode or src.default_decode, residual_scale, seed, draws).validate()
         setup.check(src)
         selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
+        if choice is not None and choice["by"] == "validation":   # a rule per cell type, if validated so
+            def group_mean():   # one pass over the selection, in the model's gene order
+                total = sum(block.sum(0, dtype=np.float64) for block in src.blocks(selection.rows))
+                return total / len(selection.rows), list(setup.var_names)
+
+            choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode,
+                                   group=selection.group, group_mean=group_mean)
+            if "decode" in defaults:
+                defaults["decode"] = choice["chosen"]
+            decoding = Decoding(choice["chosen"], residual_scale, seed, draws).validate()
         if out is None and write:
             out = src.default_output(model_dir, selection, target)
             defaults["out"] = str(out)

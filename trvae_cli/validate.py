@@ -8,7 +8,11 @@ T's A cells to B with each decode mode, and score each prediction with
 The spread over the folds answers "how good is a prediction of an unseen cell type?", and the
 folds (never the cell type being predicted) choose the decode mode that
 ``trvae transform --decode auto`` uses: the best mean over the folds of the average of the
-DEG-mean and DEG-variance R² (ties: counterfactual).
+DEG-mean and DEG-variance R² (ties: counterfactual). The folds also judge a rule per cell type
+(:func:`~trvae_cli.validation_report.decode_rules`): each left-out fold decoded with the best mode
+of its nearest other fold (the mean expression of the source cells, ``validation_centroids.npz``)
+against one choice for the data set; where that wins, ``--decode auto --cell-type T`` takes the
+best mode of the validated cell type nearest to T.
 
 Each fold runs in its own process (``python -m trvae_cli.validate``: train, transform, evaluate),
 ``jobs`` at once, and writes ``OUT/folds/<T>.json`` atomically when it ends, so an interrupted
@@ -22,6 +26,7 @@ Layout of ``OUT``::
     validation.csv    one row per fold x method
     validation.md     the tables and the verdict
     validation.png    R² of DEG means and variances per fold: each decode vs identity and mean shift
+    validation_centroids.npz  each fold's source cells' mean expression (cell_types, var_names, means)
     folds/            settings.json (what the folds are computed with), <T>.json per finished fold
     logs/<T>.log      each fold's own output (training progress, its error if it failed)
     models/<T>/       a fold's model and predictions, deleted once scored unless keep_models
@@ -52,7 +57,8 @@ import numpy as np
 
 from .config import SCORED_DECODES, RunOptions, TrainSettings, resolve_settings
 from .errors import Interrupted, TrvaeError
-from .validation_report import CRITERION, REFERENCES, fold_entry, fold_value, summarize, write_reports
+from .validation_report import (CENTROIDS, CRITERION, NEAREST_RULE, REFERENCES, fold_entry, fold_value, nearest_folds,
+                                read_centroids, summarize, write_reports)
 
 FORMAT = "trvae-validation"
 FOLD_FORMAT = "trvae-validation-fold"
@@ -62,7 +68,7 @@ FORMAT_VERSION = 1
 DECODES = SCORED_DECODES
 DEFAULT_DECODES = ("counterfactual", "mean")
 VALIDATION_DIR = "validation"      # MODEL_DIR/validation/ after ``trvae train --validate``
-REPORT_NAMES = ("validation.json", "validation.csv", "validation.md", "validation.png")
+REPORT_NAMES = ("validation.json", "validation.csv", "validation.md", "validation.png", "validation_centroids.npz")
 
 
 def _say(line: str) -> None:
@@ -500,7 +506,8 @@ def validate(
         records = [done[t] for t in plan.folds]
         from .evaluation import analysis_versions
 
-        decided = summarize(records, decodes)
+        centroids = source_centroids(data_path, condition_key, cell_type_key, source, plan.folds, layer, backed)
+        decided = summarize(records, decodes, nearest_folds(centroids["means"], plan.folds))
         report = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -515,13 +522,33 @@ def validate(
             **decided,
             "versions": {**records[0].get("model_versions", {}), **analysis_versions()},
         }
-        written = write_reports(out, report)
+        written = write_reports(out, report, centroids)
         report["outputs"] = [str(p) for p in written]    # returned, not written: the folder may move (train --validate)
         if not keep_models:
             shutil.rmtree(out / "models", ignore_errors=True)
     for line in report["verdict"]:
         say(line)
     return report
+
+
+def source_centroids(data, condition_key: str, cell_type_key: str, source: str, cell_types: Sequence[str],
+                     layer: str | None = None, backed: bool = False) -> dict:
+    """The mean expression (float64 sums, block by block) of each cell type's ``source`` cells: where a
+    new cell type's nearest validated cell type is looked up (:func:`decode_choice`)."""
+    from .sources import open_source
+
+    src = open_source(str(data), kind="cells", layer=layer, backed=backed)
+    try:
+        obs = src.adata.obs
+        cond, ct = obs[condition_key].astype(str).values, obs[cell_type_key].astype(str).values
+        means = []
+        for t in cell_types:
+            rows = np.flatnonzero((cond == source) & (ct == t))
+            means.append(sum(block.sum(0, dtype=np.float64) for block in src.blocks(rows)) / len(rows))
+        return {"cell_types": list(cell_types), "var_names": [str(g) for g in src.adata.var_names],
+                "means": np.asarray(means, np.float64)}
+    finally:
+        src.close()
 
 
 def _duration(seconds: float) -> str:
@@ -578,11 +605,19 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
     return path
 
 
-def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str) -> dict:
+def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str,
+                  group: str | None = None, group_mean: Callable[[], tuple[np.ndarray, Sequence[str]]] | None = None
+                  ) -> dict:
     """What ``trvae transform --decode auto`` decodes with: the mode the model's validation chose
     (``MODEL_DIR/validation/validation.json``, from the held-out folds only) when it validated this
     ``source`` -> ``target`` with the model's own training settings; else ``default`` (the input
-    kind's), ``"by": "default"`` with the reason."""
+    kind's), ``"by": "default"`` with the reason.
+
+    When the validation found that a left-out fold is better served by its nearest fold's best
+    decode than by one choice for the data set (``rule``: :data:`NEAREST_RULE`), and the transform
+    predicts one cell type ``group``, ``group_mean()`` (its source cells' mean expression and the gene
+    names) finds the validated cell type nearest to it (never ``group`` itself), whose best decode
+    is chosen (``nearest``, ``distance``; ``data_set_choice`` is what the data set's choice was)."""
     path = Path(model_dir) / VALIDATION_DIR / "validation.json"
 
     def fallback(reason: str) -> dict:
@@ -602,9 +637,36 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     if v.get("training") != cfg.get("training"):
         return fallback("the validation's training settings are not the model's")
     c = v["chosen_decode"]
-    return {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
-                                                                   if x is not None},
-            "folds": int(c["folds"]), "criterion": c.get("criterion", CRITERION), "validation": str(path.resolve())}
+    choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
+                                                                     if x is not None},
+              "folds": int(c["folds"]), "criterion": c.get("criterion", CRITERION), "validation": str(path.resolve()),
+              "rule": c.get("rule", "data set")}
+    if choice["rule"] != NEAREST_RULE:
+        return choice
+    choice["rule_scores"] = {k: float(x) for k, x in (c.get("rule_scores") or {}).items() if x is not None}
+
+    def data_set(reason: str) -> dict:
+        return {**choice, "rule": "data set", "rule_reason": reason}
+
+    if group is None or group_mean is None:
+        return data_set("no single cell type is predicted (--cell-type): the data set's choice")
+    centroids = read_centroids(path.parent / CENTROIDS)
+    if centroids is None:
+        return data_set(f"{path.parent / CENTROIDS} is missing or unreadable: the data set's choice")
+    mean, genes = group_mean()
+    at = {g: i for i, g in enumerate(centroids["var_names"])}
+    if any(g not in at for g in genes):
+        return data_set("the validation's genes are not the model's: the data set's choice")
+    folds = centroids["means"][:, [at[g] for g in genes]]
+    distance = np.sqrt(((folds - np.asarray(mean, np.float64)[None, :]) ** 2).sum(1))
+    names = centroids["cell_types"]
+    distance[[i for i, t in enumerate(names) if t == group]] = np.inf    # a fold's own answer is never used
+    best = (c.get("fold_best") or {})
+    i = int(np.argmin(distance))
+    if not np.isfinite(distance[i]) or not best.get(names[i]):
+        return data_set("no other validated cell type to compare with: the data set's choice")
+    return {**choice, "chosen": best[names[i]], "data_set_choice": c["chosen"], "nearest": names[i],
+            "distance": float(distance[i])}
 
 
 if __name__ == "__main__":     # a fold's own process: started and ended as the trvae program is

@@ -39,9 +39,60 @@ def _stats(values: Sequence[float]) -> dict:
             "n": int(ok.size), "values": [float(v) if np.isfinite(v) else None for v in arr]}
 
 
-def summarize(folds: Sequence[Mapping], decodes: Sequence[str]) -> dict:
+def _criterion(fold: Mapping, decode: str) -> float:
+    return (fold_value(fold, decode, "r2_mean_degs") + fold_value(fold, decode, "r2_var_degs")) / 2
+
+
+def _best(scores: Mapping[str, float], decodes: Sequence[str]) -> str | None:
+    """The decode of the highest finite score; ties: counterfactual, else the first listed."""
+    ranked = [d for d in decodes if scores.get(d) is not None and np.isfinite(scores[d])]
+    if not ranked:
+        return None
+    best = max(scores[d] for d in ranked)
+    tied = [d for d in ranked if scores[d] >= best - 1e-12]
+    return "counterfactual" if "counterfactual" in tied else tied[0]
+
+
+#: The per-cell-type rule, as recorded and said.
+NEAREST_RULE = "nearest validated cell type"
+DATA_SET_RULE = "data set"
+
+
+def decode_rules(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapping[str, str] | None) -> dict:
+    """Which rule should choose a new cell type's decode, judged on the folds themselves.
+
+    Each fold T is predicted, leaving T out, by two rules: *data set*, the best decode over the other
+    folds (what one choice for the whole data set gives a cell type it has not seen), and *nearest*,
+    the best decode of the fold whose source cells' mean expression is nearest to T's
+    (``neighbours[T]``, another fold). A rule's score is the mean over the folds of the criterion
+    (the average of DEG-mean and DEG-var R²) of the decode it gave each. The nearest rule is adopted
+    only when it scores strictly higher; with 2 folds the two rules coincide.
+    """
+    names = [str(f.get("cell_type", i)) for i, f in enumerate(folds)]
+    own = {t: {d: _criterion(f, d) for d in decodes} for t, f in zip(names, folds)}
+    fold_best = {t: _best(own[t], decodes) for t in names}
+    result = {"fold_best": fold_best, "rule": DATA_SET_RULE, "scores": {}, "per_fold": {}}
+    if not neighbours or len(names) < 3 or any(neighbours.get(t) not in own or neighbours[t] == t for t in names):
+        return result
+    per_fold, totals = {}, {DATA_SET_RULE: [], NEAREST_RULE: []}
+    for t in names:
+        others = [u for u in names if u != t]
+        pooled = {d: float(np.nanmean([own[u][d] for u in others])) for d in decodes}
+        by_set, by_nearest = _best(pooled, decodes), fold_best[neighbours[t]]
+        per_fold[t] = {"nearest": neighbours[t], DATA_SET_RULE: by_set, NEAREST_RULE: by_nearest}
+        for rule, d in ((DATA_SET_RULE, by_set), (NEAREST_RULE, by_nearest)):
+            totals[rule].append(own[t][d] if d is not None else float("nan"))
+    scores = {rule: float(np.nanmean(v)) if np.isfinite(v).any() else None for rule, v in totals.items()}
+    result.update(per_fold=per_fold, scores=scores)
+    if None not in scores.values() and scores[NEAREST_RULE] > scores[DATA_SET_RULE] + 1e-12:
+        result["rule"] = NEAREST_RULE
+    return result
+
+
+def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapping[str, str] | None = None) -> dict:
     """Per method and metric: mean and sd (ddof 1) over the folds; per decode how often it beats each
-    reference; the score of each decode and the one chosen (:data:`CRITERION`); the verdict lines."""
+    reference; the score of each decode and the one chosen (:data:`CRITERION`); which rule chooses a
+    new cell type's decode (:func:`decode_rules`, given each fold's nearest other fold); the verdict."""
     summary: dict = {}
     for method in [*decodes, *REFERENCES]:
         summary[method] = {}
@@ -55,17 +106,9 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str]) -> dict:
                     entry[f"beats_{key}"] = int(sum(v > r for v, r in pairs))
                     entry[f"compared_{key}"] = len(pairs)
             summary[method][metric] = entry
-    scores = {}
-    for d in decodes:
-        per_fold = [(fold_value(f, d, "r2_mean_degs") + fold_value(f, d, "r2_var_degs")) / 2 for f in folds]
-        scores[d] = _stats(per_fold)["mean"]
+    scores = {d: _stats([_criterion(f, d) for f in folds])["mean"] for d in decodes}
     ranked = [d for d in decodes if scores[d] is not None]
-    if ranked:
-        best = max(scores[d] for d in ranked)
-        tied = [d for d in ranked if scores[d] >= best - 1e-12]
-        chosen = "counterfactual" if "counterfactual" in tied else tied[0]
-    else:
-        chosen = None
+    chosen = _best(scores, decodes)
     k = len(folds)
     verdict = []
     for d in decodes:
@@ -82,9 +125,18 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str]) -> dict:
     if chosen is not None:
         verdict.append(f"best decode across the folds: {chosen} (mean over {k} folds of the average of DEG-mean and "
                        "DEG-var R²: " + ", ".join(f"{d} {scores[d]:.3f}" for d in ranked) + ")")
+    rules = decode_rules(folds, decodes, neighbours)
+    if rules["scores"]:
+        s_set, s_near = rules["scores"][DATA_SET_RULE], rules["scores"][NEAREST_RULE]
+        verdict.append(
+            f"choosing each left-out fold's decode from the other folds: one choice for the data set {s_set:.3f}, "
+            f"the nearest fold's own best {s_near:.3f} (mean of the average of DEG-mean and DEG-var R²): "
+            + ("a new cell type gets the best decode of the validated cell type nearest to it"
+               if rules["rule"] == NEAREST_RULE else "one decode for every cell type"))
     return {"summary": summary, "verdict": verdict,
             "chosen_decode": {"chosen": chosen, "by": "validation", "criterion": CRITERION,
-                              "scores": scores, "folds": k}}
+                              "scores": scores, "folds": k, "rule": rules["rule"], "fold_best": rules["fold_best"],
+                              "rule_scores": rules["scores"], "rule_per_fold": rules["per_fold"]}}
 
 
 def fold_entry(record: Mapping) -> dict:
@@ -209,8 +261,12 @@ def entry_value(fold_entry: Mapping, method: str, metric: str, part: str = "mean
     return float("nan") if v is None else float(v)
 
 
-def write_reports(out: Path, report: dict) -> list[Path]:
-    """validation.json, .csv, .md and .png: all of them or none."""
+CENTROIDS = "validation_centroids.npz"
+
+
+def write_reports(out: Path, report: dict, centroids: Mapping | None = None) -> list[Path]:
+    """validation.json, .csv, .md and .png (and ``centroids``: each fold's source cells' mean expression,
+    ``cell_types`` x ``var_names``, in validation_centroids.npz): all of them or none."""
     from .outputs import write_files
     from .report import report_json
 
@@ -224,4 +280,29 @@ def write_reports(out: Path, report: dict) -> list[Path]:
     writers = {out / name: text_writer(text) for name, text in texts.items()}
     writers[out / "validation.png"] = lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight",
                                                               metadata={"Software": "trvae"})
+    if centroids is not None:
+        def npz_writer(tmp):
+            with open(tmp, "wb") as fh:    # a file object: np.savez would append ".npz" to the temporary name
+                np.savez_compressed(fh, cell_types=np.asarray(centroids["cell_types"], dtype=str),
+                                    var_names=np.asarray(centroids["var_names"], dtype=str),
+                                    means=np.asarray(centroids["means"], dtype=np.float32))
+        writers[out / CENTROIDS] = npz_writer
     return write_files(writers)
+
+
+def read_centroids(path: Path) -> dict | None:
+    """What :func:`write_reports` wrote as ``validation_centroids.npz`` (None if absent or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"cell_types": [str(t) for t in z["cell_types"]], "var_names": [str(g) for g in z["var_names"]],
+                    "means": np.asarray(z["means"], np.float64)}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def nearest_folds(means: np.ndarray, cell_types: Sequence[str]) -> dict[str, str]:
+    """Each fold's nearest other fold: Euclidean distance between their source cells' mean expression."""
+    means = np.asarray(means, np.float64)
+    d = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return {t: cell_types[int(np.argmin(d[i]))] for i, t in enumerate(cell_types)} if len(cell_types) > 1 else {}
