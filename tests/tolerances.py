@@ -65,7 +65,7 @@ def kernel_rounding_bound(d2, delta, scales):
 
     * The argument: exp(-d/2s) moves by at most exp(-max(d2 - delta, 0)/2s) * min(1, delta/2s)
       when d moves by delta (mean value theorem; it never moves by more than its value, <= 1).
-      ``-d2 / (2s)`` rounds twice (fl32(2s), the division): a further relative 2U of d2,
+      ``-d2 / (2s)`` rounds twice (fl32(-1 / (2s)), the product): a further relative 2U of d2,
       which is added to delta here.
     * Then each exp (TRANSCENDENTAL_U), the S - 1 additions and the division by S: relative
       gamma(S + 4) of the kernel value (all terms are positive).

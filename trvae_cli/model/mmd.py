@@ -46,10 +46,16 @@ def squared_distances(x, y):
 
 
 def _kernel_from_d2(d2, scales):
-    k = ops.zeros_like(d2)
-    for s in scales:
-        k = k + ops.exp(-d2 / (2.0 * float(s)))
-    return k / float(len(scales))
+    """Mean over ``scales`` of ``exp(-d2 / (2 s))``, the scales as one leading axis.
+
+    One ``exp`` over a (S, ...) tensor, reduced over S, instead of S exponentials in a Python loop:
+    the same arithmetic (the reciprocal 1 / (2 s) rounded once, then a product), but a graph XLA
+    traces and compiles in about a third of the time (MMD forward and backward at 512 x 128:
+    1.2 s against 3.7 s; ``benchmarks/README.md``, sixth session), and as fast a step.
+    """
+    rates = ops.convert_to_tensor([-1.0 / (2.0 * float(s)) for s in scales], dtype=d2.dtype)
+    rates = ops.reshape(rates, (len(scales),) + (1,) * len(d2.shape))
+    return ops.mean(ops.exp(rates * d2[None]), axis=0)
 
 
 def multiscale_rbf_kernel(x, y, scales=KERNEL_SCALES):
@@ -80,13 +86,14 @@ def _block_sums(h, w, scales):
     # the diagonal is masked out of both triangles: its entry is set to 0 before the kernel only
     # so that no rounding residual is exponentiated (its kernel value is never used)
     within = ops.where(upper, squared_distances(a, a), ops.where(lower, squared_distances(b, b), zero))
-    k_within = _kernel_from_d2(within, scales)
-    k_between = _kernel_from_d2(squared_distances(a, b), scales)
+    between = squared_distances(a, b)
+    rows = ops.reshape(squared_distances(r, h[:2 * m]), (-1, m))     # the leftover row, (2 r, m)
+    k = _kernel_from_d2(ops.concatenate([within, between, rows], axis=0), scales)   # one kernel, all pairs
+    k_within, k_between, k_rows = k[:m], k[m:2 * m], ops.reshape(k[2 * m:], (-1, 2 * m))
     s = (ops.matmul(ops.matmul(ops.transpose(wa), ops.where(upper, k_within, zero)), wa)
          + ops.matmul(ops.matmul(ops.transpose(wb), ops.where(lower, k_within, zero)), wb)
          + ops.matmul(ops.matmul(ops.transpose(wa), k_between), wb))
-    ab = h[:2 * m]
-    rows = ops.matmul(ops.matmul(ops.transpose(wr), _kernel_from_d2(squared_distances(r, ab), scales)), w[:2 * m])
+    rows = ops.matmul(ops.matmul(ops.transpose(wr), k_rows), w[:2 * m])
     return ops.matmul(ops.transpose(w), w) + s + ops.transpose(s) + rows + ops.transpose(rows)
 
 
