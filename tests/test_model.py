@@ -205,3 +205,32 @@ def test_sampling_noise_is_keras_own_normal_draw():
         b = ops.convert_to_numpy(keras.random.normal((64, 10), dtype="float32", seed=theirs))
         assert np.array_equal(a, b)
     assert abs(a.mean()) < 5 / np.sqrt(a.size) and abs(a.std() - 1) < 0.1   # standard normal numbers
+
+
+def test_validation_step_is_not_xla_compiled_and_training_still_is(monkeypatch):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow trainer's functions")
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    seen = []
+    real = tf.function
+
+    def spy(*args, **kwargs):      # what each of Keras' step functions is compiled with
+        seen.append(kwargs.get("jit_compile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.tf, "function", spy)
+    m = TRVAE(n_genes=12, n_conditions=2, hidden=(8,), mmd_dim=4, latent_dim=2, seed=0)
+    m.compile(optimizer="adam", jit_compile=True)
+    m.make_train_function()
+    train = [v for v in seen if v is not None]
+    seen.clear()
+    m.make_test_function()
+    test = [v for v in seen if v is not None]
+    assert train == [True] and test == [False] and m.jit_compile is True
+    monkeypatch.undo()
+    x = np.abs(np.random.default_rng(0).normal(size=(16, 12))).astype("float32")
+    c = np.arange(16) % 2
+    history = m.fit((x, c), x, epochs=1, batch_size=8, validation_data=((x, c), x), verbose=0).history
+    assert np.isfinite(history["val_loss"]).all()

@@ -212,6 +212,23 @@ class TRVAE(keras.Model):
         # Sub-networks are functional and already built in __init__.
         self.built = True
 
+    # -- validation --------------------------------------------------------------
+    def make_test_function(self, force=False):
+        """The validation step, never XLA-compiled under TensorFlow.
+
+        It runs once an epoch on a few hundred cells (forward only), and compiling it cost more than it
+        saved: on Kang (189 validation cells, 6,998 genes, 2 cores) the first validation pass took
+        1.6-1.9 s with XLA's compile and 0.7 s without, and a later pass 28 ms either way
+        (``benchmarks/README.md``, sixth session). Training keeps ``jit``.
+        """
+        if keras.backend.backend() != "tensorflow" or not self.jit_compile:
+            return super().make_test_function(force)
+        self._jit_compile = False
+        try:
+            return super().make_test_function(force)
+        finally:
+            self._jit_compile = True
+
     # -- loss --------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         x_true = x[0]
