@@ -300,29 +300,24 @@ def transform(
     try:
         src.check_options(condition_key=condition_key, cell_type_key=cell_type_key, residual_scale=residual_scale,
                           draws=draws)
+        explicit = decode not in (None, "auto")
+        if explicit:                # the options' own errors before any cell is read
+            decoding = Decoding(decode, residual_scale, seed, draws).validate()
+        setup.check(src)
+        selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
         choice = None     # --decode auto: the model's validation decides; none given: auto only if it holds one
-        if decode in (None, "auto"):
-            from .validate import decode_choice
+        if not explicit:
+            from .validate import decode_choice, rows_mean
 
-            choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode)
+            choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode,
+                                   group=selection.group,
+                                   group_mean=lambda: (rows_mean(src, selection.rows), list(setup.var_names)))
             if decode is None and choice["by"] != "validation":
                 choice = None      # no validation of this task: today's default, nothing recorded
             elif decode is None:
                 defaults["decode"] = choice["chosen"]
-            decode = choice["chosen"] if choice is not None else None
-        decoding = Decoding(decode or src.default_decode, residual_scale, seed, draws).validate()
-        setup.check(src)
-        selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
-        if choice is not None and choice["by"] == "validation":   # a rule per cell type, if validated so
-            def group_mean():   # one pass over the selection, in the model's gene order
-                total = sum(block.sum(0, dtype=np.float64) for block in src.blocks(selection.rows))
-                return total / len(selection.rows), list(setup.var_names)
-
-            choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode,
-                                   group=selection.group, group_mean=group_mean)
-            if "decode" in defaults:
-                defaults["decode"] = choice["chosen"]
-            decoding = Decoding(choice["chosen"], residual_scale, seed, draws).validate()
+            decoding = Decoding(choice["chosen"] if choice is not None else src.default_decode, residual_scale,
+                                seed, draws).validate()
         if out is None and write:
             out = src.default_output(model_dir, selection, target)
             defaults["out"] = str(out)

@@ -621,11 +621,13 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
                 _err(f"using default --{key} {value}")
         if choice is not None:
             if choice["by"] == "validation" and choice.get("nearest"):
-                rule = dict(choice.get("rule_scores") or {})
+                from .validation_report import DATA_SET_RULE, NEAREST_RULE
+
+                rule = {k: float(v) for k, v in dict(choice.get("rule_scores") or {}).items()}
                 _err(f"--decode auto: {choice['chosen']}, the best on {choice['nearest']}, the validated cell type "
                      f"nearest to {cell_type} (over the model's {int(choice['folds'])} held-out cell types, the "
-                     f"nearest one's choice scored {float(rule.get('nearest validated cell type', float('nan'))):.3f}"
-                     f" against {float(rule.get('data set', float('nan'))):.3f} for one choice for all; "
+                     f"nearest one's choice scored {rule.get(NEAREST_RULE, float('nan')):.3f}"
+                     f" against {rule.get(DATA_SET_RULE, float('nan')):.3f} for one choice for all; "
                      f"the data set's choice: {choice['data_set_choice']})")
             elif choice["by"] == "validation":
                 scores = ", ".join(f"{m} {float(v):.3f}" for m, v in dict(choice["scores"]).items())

@@ -57,7 +57,7 @@ import numpy as np
 
 from .config import SCORED_DECODES, RunOptions, TrainSettings, resolve_settings
 from .errors import Interrupted, TrvaeError
-from .validation_report import (CENTROIDS, CRITERION, NEAREST_RULE, REFERENCES, fold_entry, fold_value, nearest_folds,
+from .validation_report import (CENTROIDS, CRITERION, DATA_SET_RULE, NEAREST_RULE, REFERENCES, fold_entry, fold_value, nearest_folds,
                                 read_centroids, summarize, write_reports)
 
 FORMAT = "trvae-validation"
@@ -531,10 +531,15 @@ def validate(
     return report
 
 
+def rows_mean(src, rows: np.ndarray) -> np.ndarray:
+    """The mean expression of ``rows`` of a cell source (float64 sums, block by block, in its column order)."""
+    return sum(block.sum(0, dtype=np.float64) for block in src.blocks(rows)) / len(rows)
+
+
 def source_centroids(data, condition_key: str, cell_type_key: str, source: str, cell_types: Sequence[str],
                      layer: str | None = None, backed: bool = False) -> dict:
-    """The mean expression (float64 sums, block by block) of each cell type's ``source`` cells: where a
-    new cell type's nearest validated cell type is looked up (:func:`decode_choice`)."""
+    """The mean expression (:func:`rows_mean`) of each cell type's ``source`` cells: where a new cell
+    type's nearest validated cell type is looked up (:func:`decode_choice`)."""
     from .sources import open_source
 
     src = open_source(str(data), kind="cells", layer=layer, backed=backed)
@@ -543,8 +548,7 @@ def source_centroids(data, condition_key: str, cell_type_key: str, source: str, 
         cond, ct = obs[condition_key].astype(str).values, obs[cell_type_key].astype(str).values
         means = []
         for t in cell_types:
-            rows = np.flatnonzero((cond == source) & (ct == t))
-            means.append(sum(block.sum(0, dtype=np.float64) for block in src.blocks(rows)) / len(rows))
+            means.append(rows_mean(src, np.flatnonzero((cond == source) & (ct == t))))
         return {"cell_types": list(cell_types), "var_names": [str(g) for g in src.adata.var_names],
                 "means": np.asarray(means, np.float64)}
     finally:
@@ -640,13 +644,13 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
                                                                      if x is not None},
               "folds": int(c["folds"]), "criterion": c.get("criterion", CRITERION), "validation": str(path.resolve()),
-              "rule": c.get("rule", "data set")}
+              "rule": c.get("rule", DATA_SET_RULE)}
     if choice["rule"] != NEAREST_RULE:
         return choice
     choice["rule_scores"] = {k: float(x) for k, x in (c.get("rule_scores") or {}).items() if x is not None}
 
     def data_set(reason: str) -> dict:
-        return {**choice, "rule": "data set", "rule_reason": reason}
+        return {**choice, "rule": DATA_SET_RULE, "rule_reason": reason}
 
     if group is None or group_mean is None:
         return data_set("no single cell type is predicted (--cell-type): the data set's choice")
