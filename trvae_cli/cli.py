@@ -363,14 +363,15 @@ MODEL_OPTIONS = (
     click.option("--reconstruction", type=click.Choice(RECONSTRUCTION_LOSSES), default=D.reconstruction,
                  show_default=True),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout, show_default=True,
-                 metavar="FLOAT"),
+                 metavar="FLOAT", help="Dropout after each dense block (images: 0 unless given)."),
     click.option("--output-activation", type=click.Choice(OUTPUT_ACTIVATIONS), default=D.output_activation,
                  show_default=True),
 )
 TRAINING_OPTIONS = (
     click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True, metavar="N"),
     click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True, metavar="N"),
-    click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True),
+    click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True,
+                 help="Adam's learning rate (images: 1e-3 unless given)."),
     click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
                  default=D.validation_fraction, show_default=True, metavar="FLOAT"),
     click.option("--early-stopping-patience", type=click.IntRange(min=0), default=D.early_stopping_patience,

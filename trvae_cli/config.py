@@ -73,7 +73,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (128,)
     mmd_dim: int = 128         # cells; images keep 32 (their input defaults, sources/images.py)
     latent_dim: int = 10
-    dropout: float = 0.0
+    dropout: float = 0.1       # cells; images keep 0 (their input defaults, sources/images.py)
     output_activation: str = "relu"
     mmd_on: str = "decoder"
     condition_injection: str = "first"   # "all": the decoder gets the condition after g1 too
@@ -118,7 +118,7 @@ class TrainConfig:
     """How the model is optimised."""
 
     kl_warmup: int = 0
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3   # cells; images keep 1e-3 (their input defaults)
     batch_size: int = 512
     epochs: int = 300
     early_stopping_patience: int = 20

@@ -57,7 +57,8 @@ class ImageSource:
     residual_scales = ("auto", "linear")   # pixels: the change is added as it is, clipped to [0, 1]
     auto_residual = "linear"   # what --residual-scale auto means (None: decided by the data)
     value_range = (0.0, 1.0)
-    input_defaults = {"arch": "conv", "mmd_dim": 32, "alpha": 1e-4}   # what the image benchmarks measured (cells: 128, 0.03)
+    input_defaults = {"arch": "conv", "mmd_dim": 32, "alpha": 1e-4, "dropout": 0.0, "learning_rate": 1e-3}
+    # what the image benchmarks measured (cells: 128, 0.03, 0.1, 3e-3)
     batch_size = 256
     output_marker = staticmethod(is_image_prediction)   # what --force may replace
 
