@@ -165,7 +165,7 @@ def test_layer_norm_normalises_each_cell_alone_and_saves(tmp_path):
     x, c = data(32)
     onehot = np.eye(2, dtype="float32")[c]
     for norm, alone in (("batch", False), ("layer", True)):
-        m = TRVAE(12, 2, norm=norm, **SMALL)
+        m = TRVAE(12, 2, norm=norm, dropout=0.0, **SMALL)   # training mode without dropout noise
         kinds = {type(layer).__name__ for net in (m.encoder, m.decoder) for layer in net.layers}
         assert ("LayerNormalization" in kinds) == (norm == "layer")
         assert ("BatchNormalization" in kinds) == (norm == "batch")
@@ -234,3 +234,87 @@ def test_validation_step_is_not_xla_compiled_and_training_still_is(monkeypatch):
     c = np.arange(16) % 2
     history = m.fit((x, c), x, epochs=1, batch_size=8, validation_data=((x, c), x), verbose=0).history
     assert np.isfinite(history["val_loss"]).all()
+
+
+def _fmix32(h):
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _counter_hash_np(n, seed):
+    """The reference, written from the formula in the docstring (uint32 arithmetic wraps mod 2**32)."""
+    with np.errstate(over="ignore"):
+        s = np.asarray(seed, np.int32).view(np.uint32)
+        key = _fmix32(s[0] ^ _fmix32(s[1] + np.uint32(0x9E3779B9)))
+        i = np.arange(n, dtype=np.uint32)
+        return _fmix32(_fmix32(i * np.uint32(0x9E3779B9) + key) ^ key)
+
+
+@pytest.mark.parametrize("seed", [(1, 2), (0, 0), (-5, 2**31 - 1), (-(2**31), 7)])
+def test_counter_hash_matches_numpy_with_and_without_xla(seed):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow dropout mask")
+    import tensorflow as tf
+
+    from trvae_cli.model.layers import counter_hash
+
+    want = _counter_hash_np(4099, seed)
+    s = tf.constant(seed, tf.int32)
+    assert np.array_equal(counter_hash(4099, s).numpy(), want)
+    assert np.array_equal(tf.function(lambda s: counter_hash(4099, s), jit_compile=True)(s).numpy(), want)
+
+
+def test_dropout_keeps_one_minus_rate_scales_and_is_reproducible():
+    from trvae_cli.model.layers import Dropout
+
+    x = np.arange(1, 512 * 128 + 1, dtype=np.float32).reshape(512, 128)
+    layer = Dropout(0.1, seed=3)
+    assert np.array_equal(ops.convert_to_numpy(layer(x, training=False)), x)        # identity at inference
+    masks = []
+    for _ in range(3):
+        y = ops.convert_to_numpy(layer(x, training=True))
+        kept = y != 0
+        # kept entries are x / 0.9 to float32 rounding (one division); dropped ones exactly 0
+        np.testing.assert_allclose(y[kept], x[kept] / np.float32(0.9), rtol=2 * U, atol=0)
+        # keep fraction: Binomial(n, 0.9) / n, sd sqrt(0.09 / n) = 0.0012; 6 sd
+        assert abs(kept.mean() - 0.9) < 6 * np.sqrt(0.09 / kept.size)
+        masks.append(kept)
+    a, b = masks[0].ravel().astype(float), masks[1].ravel().astype(float)
+    assert not np.array_equal(a, b)                      # each call draws a new mask
+    assert abs(np.corrcoef(a, b)[0, 1]) < 6 / np.sqrt(a.size)   # and an independent one
+    rows, cols = masks[0].mean(axis=1), masks[0].mean(axis=0)     # no structure along either axis
+    assert rows.std() < 2 * np.sqrt(0.09 / 128) and cols.std() < 2 * np.sqrt(0.09 / 512)
+    again = Dropout(0.1, seed=3)
+    assert np.array_equal(ops.convert_to_numpy(again(x, training=True)) != 0, masks[0])   # same seed, same masks
+    other = Dropout(0.1, seed=4)
+    assert not np.array_equal(ops.convert_to_numpy(other(x, training=True)) != 0, masks[0])
+
+
+def test_models_saved_with_keras_dropout_load_with_their_generator_state(tmp_path, monkeypatch):
+    """A model file written when the blocks used ``keras.layers.Dropout`` (before 2026-12-03) loads
+    into today's layers: the same variables and weights, the same outputs. (Keras' model files do not
+    keep a SeedGenerator's state, with either layer; resuming a training has its own checkpoint.)"""
+    from trvae_cli.model import blocks
+    from trvae_cli.model.layers import Dropout
+
+    with monkeypatch.context() as patch:
+        patch.setattr(blocks, "Dropout", keras.layers.Dropout)
+        old = TRVAE(12, 2, dropout=0.2, **SMALL)
+    assert any(type(layer) is keras.layers.Dropout for layer in old.encoder.layers)
+    x = np.random.default_rng(0).random((20, 12)).astype("float32")
+    codes = np.arange(20) % 2
+    old.encoder([x, np.eye(2, dtype="float32")[codes]], training=True)   # advance the generators once
+    old.save(tmp_path / "old.keras")
+    back = keras.saving.load_model(tmp_path / "old.keras", safe_mode=True, compile=False)
+    drops = [layer for layer in back.encoder.layers + back.decoder.layers if isinstance(layer, Dropout)]
+    assert drops and all(d.rate == 0.2 for d in drops)
+    assert [v.shape for v in back.variables] == [v.shape for v in old.variables]   # (generator names are counters)
+    for a, b in zip(back.variables, old.variables):
+        if "seed_generator" in a.path:
+            continue
+        assert np.array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b)), a.path
+    want = old.decode(old.encode(x, codes)[0], codes)[0]
+    assert np.array_equal(back.decode(back.encode(x, codes)[0], codes)[0], want)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from keras import layers
 
+from .layers import Dropout
+
 #: BatchNorm's moving-statistics momentum. Keras' 0.99 needs a few hundred steps to forget its
 #: initial values; small data sets at batch 512 take 3-4 steps an epoch, so validation (which uses
 #: the moving statistics) lagged far behind training and early stopping fired on that lag.
@@ -30,5 +32,5 @@ def dense_block(h, units, dropout, name, seed, sync_bn=False, norm="batch"):
         h = layers.Dense(units, use_bias=False, name=f"{name}_dense")(h)
         h = batch_norm(h, f"{name}_bn", sync_bn)
     act = layers.LeakyReLU(negative_slope=0.2, name=f"{name}_act")(h)
-    out = layers.Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
+    out = Dropout(dropout, seed=seed, name=f"{name}_dropout")(act) if dropout > 0 else act
     return act, out
