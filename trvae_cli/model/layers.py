@@ -77,8 +77,9 @@ def dropout(x, rate, seed_generator):
     Under TensorFlow the keep mask is a counter hash of the generator's seed (:func:`counter_hash`,
     kept where the word is >= ``rate * 2**32``) instead of Keras' ``stateless_dropout``: XLA on the
     CPU draws Philox numbers at about 15 ns each, so four 512 x 128 masks cost ~4 ms a step, and
-    training at 2,000 genes ran 14-18 % slower with dropout 0.1 than without; the hash costs
-    ~0.1 ms (``benchmarks/README.md``, 2026-12-03). Other backends use ``keras.random.dropout``.
+    training at 2,000 genes ran 14-18 % slower with dropout 0.1 than without; with the hash the four
+    masks add no measurable time (``benchmarks/README.md``, 2026-12-03). Other backends use
+    ``keras.random.dropout``.
     """
     if keras.backend.backend() != "tensorflow":
         return keras.random.dropout(x, rate, seed=seed_generator)
