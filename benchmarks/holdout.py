@@ -167,11 +167,23 @@ COLUMNS += ["change_pearson_degs", "change_pearson_all", "deg_recovery", "mmd_pc
             "edistance_ratio", "train_seconds", "train_wall_seconds", "epochs", "best_epoch"]
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows): timings
+    from two machines of the same core count differed by 2x (``benchmarks/README.md``, eighth session)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     from trvae_cli.evaluation import analysis_versions
 
     info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
-            "machine": platform.machine(), "cpus": os.cpu_count(), **analysis_versions()}
+            "machine": platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), **analysis_versions()}
     for pkg in ("tensorflow", "keras"):
         try:
             from importlib.metadata import version
