@@ -200,7 +200,9 @@ def main(argv=None) -> int:
                   f"(the step's own matmuls alone: {row['model_matmul_gflops']} GFLOP/s = "
                   f"{row['ceiling_fraction_of_peak']:.1%})",
                   file=sys.stderr, flush=True)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs", file=sys.stderr)
+    from holdout import cpu_model   # benchmarks/ is on sys.path: this file's own folder
+
+    print(f"machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPUs", file=sys.stderr)
     return 0
 
 

@@ -289,8 +289,10 @@ def test_dropout_keeps_one_minus_rate_scales_and_is_reproducible():
     assert rows.std() < 2 * np.sqrt(0.09 / 128) and cols.std() < 2 * np.sqrt(0.09 / 512)
     again = Dropout(0.1, seed=3)
     assert np.array_equal(ops.convert_to_numpy(again(x, training=True)) != 0, masks[0])   # same seed, same masks
-    other = Dropout(0.1, seed=4)
-    assert not np.array_equal(ops.convert_to_numpy(other(x, training=True)) != 0, masks[0])
+    other = Dropout(0.1, seed=4)    # the model seeds its layers seed + i: neighbours draw independent masks
+    c = ops.convert_to_numpy(other(x, training=True)).ravel() != 0
+    assert not np.array_equal(c, masks[0].ravel())
+    assert abs(np.corrcoef(a, c.astype(float))[0, 1]) < 6 / np.sqrt(a.size)
 
 
 def test_models_saved_with_keras_dropout_load_into_todays_layers(tmp_path, monkeypatch):
