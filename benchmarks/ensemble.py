@@ -64,8 +64,8 @@ def combined(paths: list[Path], how: str, out: Path) -> Path:
     xs = [np.asarray(p.X.toarray() if hasattr(p.X, "toarray") else p.X, np.float64) for p in preds]
     first = preds[0]
     if how == "mean":
-        for p in preds[1:]:
-            assert list(p.obs_names) == list(first.obs_names), "the models' predictions must cover the same cells"
+        if any(list(p.obs_names) != list(first.obs_names) for p in preds[1:]):
+            raise ValueError("a cell-by-cell mean needs the models' predictions of the same cells, in one order")
         result = ad.AnnData(np.mean(xs, axis=0).astype(np.float32), obs=first.obs.copy(), var=first.var.copy())
     else:
         result = ad.concat(preds, index_unique="-")
