@@ -117,3 +117,15 @@ def test_replicas_and_missing_data_keep_the_feeder():
     assert kept.data is feeder and kept.steps is None
     assert kept.sampler_state(0) == feeder.sampler.rng.bit_generator.state
     assert feed(None, (7,), keras) is None
+
+
+def test_a_validation_pass_of_unequal_batches_is_replayed_in_order(monkeypatch):
+    keras = _tensorflow()
+    x = sp.random(298, 7, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    labels = (np.arange(298) % 3).astype(np.int32)
+    make = lambda: CellBatches(x, np.arange(298), labels, 64, seed=3, fixed=True, balanced=False)   # noqa: E731
+    expected, _ = _by_hand(make(), 1)
+    assert len({b[0][0].shape for b in expected[0]}) == 2          # 60 and 59 rows: chained, not stacked
+    validation = feed(make(), (7,), keras)
+    for _ in range(2):
+        _assert_same(list(validation.data), expected[0])

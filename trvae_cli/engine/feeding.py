@@ -129,12 +129,10 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
     if batches.fixed:
         # Keras starts a new iterator over the validation data at every epoch (and drops the last
         # one: dropping one of an endless prefetching stream took 300 ms), so this is one pass
+        if dense_bytes <= CACHE_BYTES:
+            return Feed(batches, held_pass(tf, one_fixed_pass()).with_options(options), None)
         dataset = tf.data.Dataset.from_generator(one_fixed_pass, output_signature=signature)
         dataset = as_training_pairs(dataset.apply(tf.data.experimental.assert_cardinality(n)))
-        if dense_bytes <= CACHE_BYTES:
-            # mapped before the cache: a new iterator over a full cache instantiates (and graph-
-            # optimises) no function, where one over `cache().map()` spent ~30 ms an epoch on it
-            return Feed(batches, dataset.cache().with_options(options), None)
         return Feed(batches, dataset.with_options(options).prefetch(PREFETCH), None)
     # a counter mapped through one NumPy function, read in order: no generator, whose teardown
     # when early stopping ended the stream mid-epoch sometimes blocked for 30 s
@@ -145,3 +143,25 @@ def feed(batches, example_shape: tuple, keras, replicas: int = 1, first_epoch: i
         dataset = tf.data.Dataset.counter().map(read)
     dataset = as_training_pairs(dataset)
     return Feed(batches, dataset.with_options(options).prefetch(PREFETCH), n, states, lock)
+
+
+def held_pass(tf, pass_):
+    """One pass of ``(x, condition)`` batches, read now, as a dataset of ``((x, condition), x)``
+    tensors that a new iterator replays without running anything upstream.
+
+    Keras makes a new iterator over the validation data at every epoch. Over a ``from_generator``
+    pass behind a full ``cache()`` (the earlier form), each new one still cost about 40 ms: the
+    validation pass in ``fit`` took 54-81 ms against 22-41 ms over ``from_tensors`` data, at Kang's
+    189 validation cells and 6,998 genes on 2 cores (``benchmarks/README.md``, eighth session).
+    Batches of one shape are sliced from one stacked tensor, others chained (the sampler's
+    unbalanced passes differ by a row); the floats and their order are the feeder's own.
+    """
+    xs, cs = zip(*[(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(c, tf.int32)) for x, c in pass_])
+    if len({tuple(x.shape) for x in xs}) == 1:
+        x, c = tf.stack(xs), tf.stack(cs)
+        return tf.data.Dataset.from_tensor_slices(((x, c), x))
+    dataset = None
+    for x, c in zip(xs, cs):
+        one = tf.data.Dataset.from_tensors(((x, c), x))
+        dataset = one if dataset is None else dataset.concatenate(one)
+    return dataset
