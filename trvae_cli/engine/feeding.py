@@ -16,9 +16,10 @@ arithmetic is about 8 ms: 30 % of the epoch.
   are the feeder's own; because that draw can now happen before Keras ends the previous epoch,
   :meth:`Feed.sampler_state` returns the sampler's state *before* a given epoch's draw (what a
   checkpoint must save to resume that epoch);
-* for validation (``fixed`` feeders, the same batches every epoch), one pass kept in memory
-  (``cache``) and replayed, when it is at most :data:`CACHE_BYTES`; a larger one is read again
-  each epoch. Keras starts a new iterator over it at every epoch, so it is one finite pass.
+* for validation (``fixed`` feeders, the same batches every epoch), one pass read when the feed
+  is built and replayed from tensors (:func:`held_pass`), when it is at most :data:`CACHE_BYTES`;
+  a larger one is read again each epoch. Keras starts a new iterator over it at every epoch, so
+  it is one finite pass.
 
 The feeder's ``(x, condition)`` enters TensorFlow once; the target ``x`` is the same tensor, added
 in the graph: one copy of each batch, not two. When the training rows are a matrix in memory
@@ -36,7 +37,7 @@ from __future__ import annotations
 import threading
 
 PREFETCH = 2                 # batches prepared ahead: one in the step, one being read is enough on 2 cores
-CACHE_BYTES = 256 * 2**20    # a validation set kept in memory (dense float32) when at most this
+CACHE_BYTES = 256 * 2**20    # a validation pass held as tensors (dense float32) when at most this
 RESIDENT_BYTES = 256 * 2**20  # training rows held dense in TensorFlow, batches gathered there, when at most this
 
 
