@@ -153,8 +153,8 @@ def held_pass(tf, pass_):
     Keras makes a new iterator over the validation data at every epoch. Over a ``from_generator``
     pass behind a full ``cache()`` (the earlier form), each new one still cost about 40 ms: the
     validation pass in ``fit`` took 54-81 ms against 22-41 ms over ``from_tensors`` data, at Kang's
-    189 validation cells and 6,998 genes on 2 cores (``benchmarks/README.md``, eighth session).
-    Batches of one shape are sliced from one stacked tensor, others chained (the sampler's
+    189 validation cells and 6,998 genes on 2 cores. In a whole Kang training the median pass went
+    from 76 to 61 ms (``benchmarks/README.md``, eighth session). Batches of one shape are sliced from one stacked tensor, others chained (the sampler's
     unbalanced passes differ by a row); the floats and their order are the feeder's own.
     """
     xs, cs = zip(*[(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(c, tf.int32)) for x, c in pass_])
