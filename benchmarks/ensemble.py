@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from holdout import flat_metrics, trvae  # noqa: E402  (this folder's own helpers)
+from holdout import flat_metrics, train_held_out, transform_held_out  # noqa: E402  (this folder's own helpers)
 
 DECODES = ("counterfactual", "mean")
 
@@ -38,27 +38,20 @@ def predictions(args, cell_type: str, seed: int, work: Path) -> dict[str, Path]:
     """The model of (cell type, seed) trained, and its predictions by decode (reused when present)."""
     tag = f"{cell_type}_s{seed}".replace("/", "_")
     paths = {d: work / f"{tag}_{d}.h5ad" for d in DECODES}
-    if all(p.exists() for p in paths.values()):
-        return paths
-    model = work / tag
-    res = trvae("train", args.data, "--condition", args.condition_key, "--cell-type-key", args.cell_type_key,
-                "--exclude", f"{cell_type}:{args.target}", "--seed", seed, "--out", model, "--force", "-q",
-                *args.train_args)
-    if res.returncode:
-        sys.exit(f"train failed for {tag}: {res.stderr.strip().splitlines()[-1:]}")
-    for decode, path in paths.items():
-        res = trvae("transform", "--model", model, "--from", args.source, "--to", args.target, "--cell-type",
-                    cell_type, "--decode", decode, "--seed", seed, "--out", path, "--force", "-q")
-        if res.returncode:
-            sys.exit(f"transform failed for {tag}: {res.stderr.strip().splitlines()[-1:]}")
+    if not all(p.exists() for p in paths.values()):
+        model = work / tag
+        train_held_out(args, "trvae", cell_type, seed, model)
+        for decode, path in paths.items():
+            transform_held_out(args, model, cell_type, decode, seed, path)
     return paths
 
 
 def combined(paths: list[Path], how: str, out: Path) -> Path:
     """The K predictions averaged cell by cell (``mean``) or stacked (``pool``), with the first one's
-    obs, var and uns (its task record, which evaluate reads)."""
+    var and uns (its task record, which evaluate reads)."""
     import anndata as ad
     import numpy as np
+    import pandas as pd
 
     preds = [ad.read_h5ad(p) for p in paths]
     xs = [np.asarray(p.X.toarray() if hasattr(p.X, "toarray") else p.X, np.float64) for p in preds]
@@ -66,10 +59,11 @@ def combined(paths: list[Path], how: str, out: Path) -> Path:
     if how == "mean":
         if any(list(p.obs_names) != list(first.obs_names) for p in preds[1:]):
             raise ValueError("a cell-by-cell mean needs the models' predictions of the same cells, in one order")
-        result = ad.AnnData(np.mean(xs, axis=0).astype(np.float32), obs=first.obs.copy(), var=first.var.copy())
+        x, obs = np.mean(xs, axis=0), first.obs.copy()
     else:
-        result = ad.concat(preds, index_unique="-")
-        result.X = np.concatenate(xs).astype(np.float32)
+        x, obs = np.concatenate(xs), pd.concat([p.obs for p in preds])
+    result = ad.AnnData(x.astype(np.float32), obs=obs, var=first.var.copy())
+    result.obs_names_make_unique()
     result.uns["trvae"] = first.uns["trvae"]
     result.write_h5ad(out)
     return out
@@ -101,14 +95,15 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for cell_type in args.cell_types.split(","):
-        by_seed = {s: predictions(args, cell_type, s, work) for s in seeds}
+        try:
+            by_seed = {s: predictions(args, cell_type, s, work) for s in seeds}
+        except RuntimeError as exc:
+            sys.exit(f"error: {cell_type}: {exc}")
         for decode in DECODES:
-            paths = [by_seed[s][decode] for s in seeds]
-            labels = [f"single s{s}" for s in seeds]
-            for how in ("mean", "pool"):
-                tag = f"{cell_type}_{decode}_{how}_{'-'.join(map(str, seeds))}".replace("/", "_")
-                paths.append(combined(paths[:len(seeds)], how, work / f"{tag}.h5ad"))
-                labels.append(f"ensemble {how} of {len(seeds)}")
+            singles = [by_seed[s][decode] for s in seeds]
+            tag = f"{cell_type}_{decode}_{'-'.join(map(str, seeds))}".replace("/", "_")
+            paths = singles + [combined(singles, how, work / f"{tag}_{how}.h5ad") for how in ("mean", "pool")]
+            labels = [f"single s{s}" for s in seeds] + [f"ensemble {how} of {len(seeds)}" for how in ("mean", "pool")]
             report = evaluate(paths, labels=labels, n_degs=args.n_degs, n_subsamples=args.n_subsamples, seed=0)
             for r in report["results"]:
                 if r["kind"] == "prediction":

@@ -118,6 +118,28 @@ def trvae(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "trvae_cli.cli", *map(str, args)], capture_output=True, text=True)
 
 
+def train_held_out(args, preset: str, cell_type: str, seed: int, model: Path) -> None:
+    """``trvae train --preset P --exclude CT:TARGET --seed S`` into ``model`` (a fresh process), with
+    ``args.train_args`` after; RuntimeError with trvae's last line when it fails."""
+    res = trvae("train", args.data, "--condition", args.condition_key, "--cell-type-key", args.cell_type_key,
+                "--exclude", f"{cell_type}:{args.target}", "--preset", preset, "--seed", seed, "--out", model,
+                "--force", "-q", *args.train_args)
+    if res.returncode:
+        raise RuntimeError(f"train failed: {res.stderr.strip().splitlines()[-1:]}")
+
+
+def transform_held_out(args, model: Path, cell_type: str, decode: str, seed: int, path: Path) -> None:
+    """``trvae transform`` of the held-out cell type's source cells to ``path``; ``decode`` is a
+    ``--decode`` mode, optionally ``:SCALE`` (``--residual-scale``) and ``@DRAWS`` (``--draws``)."""
+    spec, _, draws = decode.partition("@")
+    mode, _, scale = spec.partition(":")
+    res = trvae("transform", "--model", model, "--from", args.source, "--to", args.target, "--cell-type",
+                cell_type, "--decode", mode, *(("--residual-scale", scale) if scale else ()),
+                *(("--draws", draws) if draws else ()), "--seed", seed, "--out", path, "--force", "-q")
+    if res.returncode:
+        raise RuntimeError(f"transform failed: {res.stderr.strip().splitlines()[-1:]}")
+
+
 def one_run(args, preset, cell_type, seed, work: Path) -> list[dict]:
     """Train, transform, evaluate one combination; returns its CSV rows (model and, per seed, references)."""
     from trvae_cli.evaluation import evaluate
@@ -125,22 +147,12 @@ def one_run(args, preset, cell_type, seed, work: Path) -> list[dict]:
     tag = f"{preset}_{cell_type}_s{seed}".replace(" ", "_").replace("/", "_")
     model, pred = work / tag, work / f"{tag}.h5ad"
     t0 = time.perf_counter()
-    res = trvae("train", args.data, "--condition", args.condition_key, "--cell-type-key", args.cell_type_key,
-                "--exclude", f"{cell_type}:{args.target}", "--preset", preset, "--seed", seed, "--out", model,
-                "--force", "-q", *args.train_args)
+    train_held_out(args, preset, cell_type, seed, model)
     wall = time.perf_counter() - t0
-    if res.returncode:
-        raise RuntimeError(f"train failed: {res.stderr.strip().splitlines()[-1:]}")
     preds, labels = [], []
     for decode in args.decode.split(","):
         path = pred.with_name(f"{tag}_{decode.replace(':', '_').replace('@', '_x')}.h5ad")
-        spec, _, draws = decode.partition("@")
-        mode, _, scale = spec.partition(":")
-        res = trvae("transform", "--model", model, "--from", args.source, "--to", args.target, "--cell-type",
-                    cell_type, "--decode", mode, *(("--residual-scale", scale) if scale else ()),
-                    *(("--draws", draws) if draws else ()), "--seed", seed, "--out", path, "--force", "-q")
-        if res.returncode:
-            raise RuntimeError(f"transform failed: {res.stderr.strip().splitlines()[-1:]}")
+        transform_held_out(args, model, cell_type, decode, seed, path)
         preds.append(path)
         labels.append(decode_label(preset, decode, args.decode))
     cfg = json.loads((model / "config.json").read_text())
