@@ -33,12 +33,27 @@ def test_balanced_batches_have_near_equal_counts_per_condition(sizes, batch_size
     labels = _labels(sizes)
     sampler = BalancedSampler(labels, batch_size, seed=3)
     batches = sampler.epoch()
-    assert len(batches) == sampler.n_batches
+    assert len(batches) == sampler.n_batches == math.ceil(len(labels) / batch_size)
     for batch in batches:
-        assert len(batch) == batch_size
+        assert len(batch) == sampler.batch_size <= batch_size
         counts = np.bincount(labels[batch], minlength=len(sizes))
         assert counts.max() - counts.min() <= 1, counts
-        assert counts.sum() == batch_size
+        assert counts.sum() == sampler.batch_size
+
+
+@pytest.mark.parametrize("n, batch_size, expected", [
+    (1790, 512, 448),    # Kang with NK held out: 4 batches of 448 (1,792 cells), not 4 of 512 (2,048)
+    (1024, 512, 512),    # divides evenly: unchanged
+    (1025, 512, 342),    # 3 batches
+    (199, 512, 199),     # one batch: the cells there are, none drawn twice
+    (100_000, 512, 511),
+])
+def test_balanced_batches_spread_an_epoch_evenly(n, batch_size, expected):
+    labels = _labels((n // 3, n - n // 3))
+    sampler = BalancedSampler(labels, batch_size, seed=0)
+    assert sampler.batch_size == expected
+    drawn = sum(len(b) for b in sampler.epoch())
+    assert n <= drawn < n + sampler.n_batches
 
 
 @pytest.mark.parametrize("n_per_group, k, batch_size", [

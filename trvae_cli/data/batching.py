@@ -4,7 +4,10 @@
 of cells from every condition, drawn without replacement from a per-condition
 permutation that is reshuffled when used up (so the small conditions are
 revisited more often within an epoch, as in the paper's Fig. 1). An epoch has
-``ceil(n_cells / batch_size)`` batches.
+``ceil(n_cells / batch_size)`` batches. ``batch_size`` is the largest batch: balanced batches are
+all ``ceil(n_cells / n_batches)`` cells, so that an epoch draws about ``n_cells`` cells, not up
+to ``batch_size - 1`` more (1,790 Kang training cells at 512: 4 batches of 448, 1,792 cells, not
+2,048 — an eighth less arithmetic per epoch), and every batch has one shape (one XLA compile).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import scipy.sparse as sp
 class BalancedSampler:
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, balanced: bool = True):
         self.labels = np.asarray(labels)
-        self.batch_size = int(batch_size)
         self.balanced = balanced
         self.rng = np.random.default_rng(seed)
         self.groups = [np.flatnonzero(self.labels == k) for k in np.unique(self.labels)]
-        self.n_batches = max(1, math.ceil(len(self.labels) / self.batch_size))
+        self.n_batches = max(1, math.ceil(len(self.labels) / int(batch_size)))
+        #: the cells of every balanced batch: at most the ``batch_size`` asked for
+        self.batch_size = max(1, math.ceil(len(self.labels) / self.n_batches))
 
     def _shares(self, batch: int) -> np.ndarray:
         """Cells per condition in batch number ``batch``: equal, the remainder rotating."""

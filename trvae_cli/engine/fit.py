@@ -224,7 +224,8 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     compiling = bool(s.jit) and keras.backend.backend() != "torch"
     info = {**data.describe, "conditions": list(data.meta.get("conditions") or []),
             "held_out": list(data.meta.get("exclude") or []), "n_train": int(len(train_pos)),
-            "n_validation": int(len(val_pos)), "batch_size": int(s.batch_size)}
+            "n_validation": int(len(val_pos)), "batch_size": int(s.batch_size),
+            "steps_per_epoch": int(len(train_batches))}
     early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch, info=info,
                                                  compiling=compiling)
     train_feed = feed(train_batches, data.example_shape, keras, dist.replicas, initial_epoch)
