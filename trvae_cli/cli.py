@@ -370,7 +370,8 @@ MODEL_OPTIONS = (
 TRAINING_OPTIONS = (
     click.option("--epochs", type=click.IntRange(min=1), default=D.epochs, show_default=True, metavar="N"),
     click.option("--batch-size", type=click.IntRange(min=2), default=D.batch_size, show_default=True, metavar="N",
-                 help="The largest batch: an epoch's items are split into ceil(items / N) batches of equal size."),
+                 help="The largest batch: an epoch's items are split into ceil(items / N) batches of equal size "
+                      "(--backed: batches of N, the last one smaller)."),
     click.option("--learning-rate", "--lr", type=float, default=D.learning_rate, show_default=True,
                  help="Adam's learning rate (images: 1e-3 unless given)."),
     click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True),
