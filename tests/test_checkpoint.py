@@ -163,3 +163,17 @@ def test_variable_copies_hold_the_values_of_their_last_take():
     assert copies.arrays()[1] == -1.0
     first[0][0, 0] = 99.0                                       # the arrays given out are copies
     assert copies.arrays()[0][0, 0] == 0.0
+
+
+def test_resume_refuses_a_checkpoint_of_another_batch_scheme():
+    """A checkpoint from before the even batches (no ``sampler_scheme``) would resume with other batches."""
+    from trvae_cli.data.batching import SAMPLER_SCHEME
+    from trvae_cli.engine.checkpoint import check_same_run
+    from trvae_cli.errors import TrvaeError
+
+    current = {"settings": {"seed": 3, "batch_size": 64}, "n_train": 100, "sampler_scheme": SAMPLER_SCHEME}
+    check_same_run(json.loads(json.dumps(current)), current)          # the same run resumes
+    old = {k: v for k, v in current.items() if k != "sampler_scheme"}
+    for saved in (old, {**current, "sampler_scheme": SAMPLER_SCHEME - 1}):
+        with pytest.raises(TrvaeError, match="drew its batches differently"):
+            check_same_run(saved, current)

@@ -78,14 +78,6 @@ def test_no_cell_twice_in_a_batch_when_the_group_is_large_enough():
             assert len(np.unique(batch)) == len(batch)
 
 
-def test_unbalanced_mode_visits_every_cell_exactly_once():
-    labels = _labels((500, 20, 3))
-    sampler = BalancedSampler(labels, 64, seed=0, balanced=False)
-    batches = sampler.epoch()
-    assert len(batches) == math.ceil(len(labels) / 64)
-    np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(len(labels)))
-
-
 @pytest.mark.parametrize("balanced", [True, False])
 def test_same_seed_gives_same_batches(balanced):
     labels = _labels((300, 40, 90))
@@ -337,3 +329,25 @@ def test_dense_rows_gathers_csr_rows_exactly_like_scipy():
         np.testing.assert_array_equal(dense_rows(m, rows), m[rows].toarray())
         np.testing.assert_array_equal(dense_rows(m, rows, cols), m[rows][:, cols].toarray())
         assert dense_rows(m, rows).dtype == np.float32
+
+
+@pytest.mark.parametrize("n, batch_size", [(1699, 512), (1790, 32), (100, 30), (64, 64), (5, 512), (523, 64)])
+def test_unbalanced_batches_have_one_shape_and_see_every_cell(n, batch_size):
+    """--no-balanced-batches: one batch size (one XLA compile), each cell in every epoch, none twice in a batch."""
+    labels = _labels((n // 4, n - n // 4))
+    sampler = BalancedSampler(labels, batch_size, seed=2, balanced=False)
+    for _ in range(3):
+        batches = sampler.epoch()
+        assert len(batches) == math.ceil(n / batch_size)
+        assert {len(b) for b in batches} == {sampler.batch_size}
+        assert all(len(np.unique(b)) == len(b) for b in batches)
+        np.testing.assert_array_equal(np.unique(np.concatenate(batches)), np.arange(n))
+        assert n <= sum(map(len, batches)) < n + len(batches)     # the last batch's few extra cells only
+
+
+def test_unbalanced_batches_ignore_the_conditions():
+    """Plain shuffling: a batch's condition counts follow the data (here 9:1), not an equal share."""
+    labels = _labels((900, 100))
+    counts = np.array([np.bincount(labels[b], minlength=2) for b in
+                       BalancedSampler(labels, 100, seed=0, balanced=False).epoch()]).sum(axis=0)
+    np.testing.assert_array_equal(counts, [900, 100])

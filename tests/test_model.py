@@ -10,6 +10,7 @@ import pytest
 from keras import ops
 
 from trvae_cli.model import TRVAE, MMDLoss
+from trvae_cli.config import CONDITION_INJECTIONS
 from trvae_cli.model.losses import kl_divergence, reconstruction_loss
 from trvae_cli.model.mmd import pairwise_condition_mmd
 from tolerances import TRANSCENDENTAL_U, U, assert_within, gamma, mmd_rounding_bound, np_pairwise_mmd64
@@ -137,11 +138,11 @@ def test_invalid_options():
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_condition_injection_reaches_the_output_past_the_mmd_layer(arch):
-    """Cut the condition out of g1: only ``condition_injection="all"`` still lets it change x_hat."""
+    """Cut the condition out of g1: only ``"all"`` and ``"hidden"`` still let it change x_hat."""
     image = dict(arch="conv", filters=(4,), image_shape=(8, 8, 1)) if arch == "conv" else {}
     n_out = 64 if arch == "conv" else 12
     z = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
-    for injection, depends in (("first", False), ("all", True)):
+    for injection, depends in (("first", False), ("hidden", True), ("all", True)):
         m = TRVAE(n_out, 2, condition_injection=injection, **SMALL, **image)
         dense = m.decoder.get_layer("decoder_mmd_dense")
         kernel = dense.get_weights()[0]
@@ -157,6 +158,19 @@ def test_condition_injection_reaches_the_output_past_the_mmd_layer(arch):
         assert clone.decoder.count_params() == m.decoder.count_params()
     with pytest.raises(ValueError):
         TRVAE(12, 2, condition_injection="middle")
+
+
+def test_hidden_injection_leaves_the_output_layer_without_the_condition():
+    """``"hidden"``: the condition enters g2's layers, not the output layer (no per-condition output bias)."""
+    widths = {}
+    for injection in CONDITION_INJECTIONS:
+        m = TRVAE(12, 2, condition_injection=injection, **SMALL)
+        widths[injection] = (m.decoder.get_layer("decoder_0_dense").get_weights()[0].shape[0],
+                             m.decoder.get_layer("reconstruction").get_weights()[0].shape[0])
+    h = SMALL["hidden"][-1]
+    assert widths["first"] == (SMALL["mmd_dim"], h)
+    assert widths["hidden"] == (SMALL["mmd_dim"] + 2, h)
+    assert widths["all"] == (SMALL["mmd_dim"] + 2, h + 2)
 
 
 def test_layer_norm_normalises_each_cell_alone_and_saves(tmp_path):

@@ -351,7 +351,8 @@ MODEL_OPTIONS = (
                  help="decoder: trVAE (MMD on g1); latent: MMD-CVAE (on z); none: plain CVAE."),
     click.option("--condition-injection", type=click.Choice(CONDITION_INJECTIONS), default=D.condition_injection,
                  show_default=True, help="Where the decoder gets the condition: first = only its first (MMD) layer, "
-                 "as in the paper; all = every decoder layer (past the MMD layer too)."),
+                 "as in the paper; all = every decoder layer (past the MMD layer too); hidden = every decoder layer but "
+                 "the output layer (images: the same as all)."),
     click.option("--norm", type=click.Choice(NORMS), default=D.norm, show_default=True,
                  help="Normalisation in each dense layer: batch = BatchNorm, as the original trVAE; layer = "
                  "LayerNorm over each cell, as scArches' TRVAE (cells only)."),

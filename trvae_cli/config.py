@@ -25,8 +25,10 @@ from .errors import TrvaeError
 
 MMD_PLACEMENTS = ("decoder", "latent", "none")
 #: Where the decoder sees the condition: only at its first (MMD) layer, as in the paper, or at
-#: every layer after it too (scvi-tools' ``inject_covariates``).
-CONDITION_INJECTIONS = ("first", "all")
+#: every layer after it too (scvi-tools' ``inject_covariates``), or every hidden layer after it but
+#: not the output layer (``hidden``: no per-condition output bias, the condition acts only through
+#: the hidden units, together with the cell's state).
+CONDITION_INJECTIONS = ("first", "hidden", "all")
 #: The normalisation in each dense block: BatchNorm (over the batch, the original trVAE) or
 #: LayerNorm (over one cell's units, as scArches' TRVAE); see :mod:`trvae_cli.model.blocks`.
 NORMS = ("batch", "layer")
@@ -76,7 +78,7 @@ class ModelConfig:
     dropout: float = 0.1       # cells; images keep 0 (their input defaults, sources/images.py)
     output_activation: str = "relu"
     mmd_on: str = "decoder"
-    condition_injection: str = "first"   # "all": the decoder gets the condition after g1 too
+    condition_injection: str = "first"   # "all" / "hidden": the decoder gets the condition after g1 too
     norm: str = "batch"        # "layer": LayerNorm in the dense blocks (cells only)
     conditional: bool = True   # False: an unconditional VAE (scGen); transform uses latent arithmetic
     arch: str = "mlp"          # images: "conv" (seed Table 1) or "unet" (the deeper one, Table 2)

@@ -8,6 +8,11 @@ revisited more often within an epoch, as in the paper's Fig. 1). An epoch has
 all ``ceil(n_cells / n_batches)`` cells, so that an epoch draws about ``n_cells`` cells, not up
 to ``batch_size - 1`` more (1,790 Kang training cells at 512: 4 batches of 448, 1,792 cells, not
 2,048 — an eighth less arithmetic per epoch), and every batch has one shape (one XLA compile).
+
+Unbalanced (``balanced=False``, the scGen preset's plain shuffling) is the same draw with all cells
+as one group: each epoch a new permutation, cut into batches of that one size, the few cells the
+last batch lacks taken from a fresh permutation. Every cell is seen once per epoch and every batch
+still has one shape (``np.array_split`` gave sizes differing by one: two XLA compiles).
 """
 
 from __future__ import annotations
@@ -18,14 +23,21 @@ import numpy as np
 import scipy.sparse as sp
 
 
+#: How batches are drawn, recorded with every checkpoint: a checkpoint of another scheme is not
+#: resumed (the rest of its run would see other batches than either version's uninterrupted run).
+#: 2: batches of one even size, balanced or not (1: ``batch_size`` each, ``array_split`` unbalanced).
+SAMPLER_SCHEME = 2
+
+
 class BalancedSampler:
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, balanced: bool = True):
         self.labels = np.asarray(labels)
         self.balanced = balanced
         self.rng = np.random.default_rng(seed)
-        self.groups = [np.flatnonzero(self.labels == k) for k in np.unique(self.labels)]
+        self.groups = ([np.flatnonzero(self.labels == k) for k in np.unique(self.labels)] if balanced
+                       else [np.arange(len(self.labels))] if len(self.labels) else [])
         self.n_batches = max(1, math.ceil(len(self.labels) / int(batch_size)))
-        #: the cells of every balanced batch: at most the ``batch_size`` asked for
+        #: the cells of every batch: at most the ``batch_size`` asked for
         self.batch_size = max(1, math.ceil(len(self.labels) / self.n_batches))
 
     def _shares(self, batch: int) -> np.ndarray:
@@ -46,9 +58,6 @@ class BalancedSampler:
 
     def epoch(self) -> list[np.ndarray]:
         """The batches of one epoch (index arrays, sorted within each batch)."""
-        if not self.balanced:
-            perm = self.rng.permutation(len(self.labels))
-            return [np.sort(b) for b in np.array_split(perm, self.n_batches)]
         queues = [self.rng.permutation(g) for g in self.groups]
         pos = [0] * len(self.groups)
         batches = []

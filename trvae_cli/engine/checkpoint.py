@@ -282,6 +282,9 @@ def check_same_run(saved: dict, current: dict) -> None:
     """Refuse to resume a checkpoint made with other settings or data, naming the fields that differ."""
     a, b = _leaves(saved), _leaves(current)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if "sampler_scheme" in diff:
+        raise TrvaeError("--resume: the checkpoint was written by an earlier trvae that drew its batches "
+                         "differently, so the rest of the run cannot continue it; train afresh with --force")
     if diff:
         def show(v):
             text = repr(v)

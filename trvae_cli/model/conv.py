@@ -16,7 +16,8 @@ Decoder: the condition is embedded by Dense(128); the first layer is the MMD lay
 a dense block of ``mmd_dim`` on ``[z, embedding]`` (its activations are ``g1``); then a
 dense projection to the smallest feature map and one transposed-convolution block per
 filter, in reverse, back to H x W; a 3x3 convolution with a sigmoid gives pixels in [0, 1].
-With ``condition_injection="all"`` the embedding is concatenated again to g1's output before
+With ``condition_injection="all"`` (or ``"hidden"``, the same here: the projection is the only
+layer past g1 before the convolutions) the embedding is concatenated again to g1's output before
 the projection, so the condition reaches the pixels past the MMD layer.
 
 ``unet`` (for 64 x 64 RGB, seed Table 2) is the deeper variant: two convolutions per
@@ -91,7 +92,7 @@ def build_conv_decoder(image_shape, n_conditions, filters, mmd_dim, latent_dim, 
         e = layers.Dense(CONDITION_EMBEDDING, activation="relu", name="decoder_condition_embedding")(c)
         h = layers.Concatenate(name="decoder_input")([z, e])
     mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", None if seed is None else seed + 100, sync_bn)
-    if conditional and condition_injection == "all":   # the condition again, past the MMD layer
+    if conditional and condition_injection in ("hidden", "all"):   # the condition again, past the MMD layer
         h = layers.Concatenate(name="decoder_project_input")([h, e])
     small = (height // factor, width // factor, filters[-1])
     h = layers.Dense(math.prod(small), use_bias=False, name="decoder_project")(h)

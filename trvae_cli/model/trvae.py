@@ -14,7 +14,8 @@ Network (seed section 3, Table 3; every size an option, defaults in
 
 With ``condition_injection="all"`` every layer of g2 (and the output layer) takes
 ``[h, onehot(s)]`` instead of ``h``: the condition reaches the output past the MMD layer,
-whose distribution the penalty makes condition-free.
+whose distribution the penalty makes condition-free. ``"hidden"``: the layers of g2 but not the
+output layer, so there is no per-condition output bias (a shift shared by every cell type).
 
 Each hidden block is Dense(no bias) -> BatchNorm -> LeakyReLU(0.2) -> Dropout (``norm="layer"``:
 Dense -> LayerNorm -> LeakyReLU(0.2) -> Dropout; see :func:`~trvae_cli.model.blocks.dense_block`).
@@ -65,12 +66,12 @@ def build_decoder(n_genes, n_conditions, hidden, mmd_dim, latent_dim, dropout, o
     h = layers.Concatenate(name="decoder_input")([z, c]) if conditional else z
     s = None if seed is None else seed + 100
     mmd_act, h = dense_block(h, mmd_dim, dropout, "decoder_mmd", s, sync_bn, norm)
-    reinject = conditional and condition_injection == "all"
+    reinject = conditional and condition_injection in ("hidden", "all")
     for i, units in enumerate(reversed(hidden)):
         if reinject:
             h = layers.Concatenate(name=f"decoder_{i}_input")([h, c])
         _, h = dense_block(h, units, dropout, f"decoder_{i}", None if s is None else s + 1 + i, sync_bn, norm)
-    if reinject:
+    if conditional and condition_injection == "all":
         h = layers.Concatenate(name="reconstruction_input")([h, c])
     x_hat = layers.Dense(n_genes, activation=output_activation, name="reconstruction")(h)
     return keras.Model([z, c], [x_hat, mmd_act], name="decoder")
