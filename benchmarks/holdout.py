@@ -94,7 +94,12 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Append ``rows`` (fsync'd); a file that exists keeps its own header (one written before a column
+    was added gets the rows without it, still aligned)."""
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as fh:
+            columns = next(csv.reader(fh), None) or columns
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if new:
@@ -176,7 +181,7 @@ COLUMNS = ["preset", "kind", "cell_type", "seed", "n_cells"]
 for _m in ("r2_mean_degs", "r2_var_degs", "r2_mean_all", "r2_var_all"):
     COLUMNS += [_m, f"{_m}_sd", f"{_m}_full"]
 COLUMNS += ["change_pearson_degs", "change_pearson_all", "deg_recovery", "mmd_pca", "edistance_pca",
-            "edistance_ratio", "train_seconds", "train_wall_seconds", "epochs", "best_epoch"]
+            "edistance_ratio", "train_seconds", "train_wall_seconds", "epochs", "best_epoch", "change_scale_degs"]
 
 
 def cpu_model() -> str:

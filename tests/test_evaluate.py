@@ -86,6 +86,8 @@ def test_r2_agrees_with_an_independent_implementation(report, preds, tiny):
         assert m[label]["r2_var_all"]["full"] == pytest.approx(_r2(dst.var(0), x.var(0)), abs=5e-4)
         assert m[label]["r2_mean_degs"]["full"] == pytest.approx(_r2(dst.mean(0)[degs], x.mean(0)[degs]), abs=5e-4)
         assert m[label]["r2_var_degs"]["full"] == pytest.approx(_r2(dst.var(0)[degs], x.var(0)[degs]), abs=5e-4)
+    p, r = (pred.mean(0) - src.mean(0))[degs], (dst.mean(0) - src.mean(0))[degs]
+    assert m["model"]["change_scale_degs"] == pytest.approx(float(p @ r / (r @ r)), rel=1e-3, abs=1e-4)
 
 
 def test_mean_shift_reference_is_computed_from_the_other_cell_types(report, tiny):
@@ -96,6 +98,7 @@ def test_mean_shift_reference_is_computed_from_the_other_cell_types(report, tiny
     assert m["r2_mean_all"]["full"] == pytest.approx(_r2(dst.mean(0), shifted.mean(0)), abs=5e-4)
     assert m["change_pearson_all"] == pytest.approx(
         np.corrcoef(shifted.mean(0) - src.mean(0), dst.mean(0) - src.mean(0))[0, 1], abs=5e-4)
+    assert report["results"][0]["metrics"]["change_scale_degs"] == 0.0     # the identity moves nothing
 
 
 def test_every_figure_is_present_and_in_range(report):

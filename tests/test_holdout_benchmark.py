@@ -47,3 +47,16 @@ def test_one_run_writes_rows_resumes_and_summarises(holdout, tiny_h5ad, tmp_path
 
     with pytest.raises(SystemExit, match="other settings"):
         holdout.main(args[:-1] + ["32"])                         # other train options: refused
+
+
+def test_rows_appended_to_an_older_file_keep_its_header(holdout, tmp_path):
+    """A CSV written before a column was added: new rows follow its header, still aligned."""
+    import csv
+
+    path = tmp_path / "old.csv"
+    path.write_text("preset,cell_type,epochs\ntrvae,NK,100\n")
+    holdout.append_rows(path, [{"preset": "trvae", "cell_type": "B", "epochs": 90, "change_scale_degs": 0.9}],
+                        holdout.COLUMNS)
+    rows = list(csv.DictReader(open(path)))
+    assert [r["cell_type"] for r in rows] == ["NK", "B"] and rows[1]["epochs"] == "90"
+    assert list(rows[1]) == ["preset", "cell_type", "epochs"]

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from trvae_cli.metrics import (
-    change_pearson, energy_distance, gene_means, gene_variances, mean_shift_prediction, mmd, overlap_fraction,
+    change_pearson, change_scale, energy_distance, gene_means, gene_variances, mean_shift_prediction, mmd, overlap_fraction,
     pearson, r2, r2_scores, rank_degs, subsample_indices, subsample_size, subsampled_r2,
 )
 
@@ -89,6 +89,19 @@ def test_pearson_and_change_pearson():
     pred = np.array([3.0, 1.0, -1.0, 2.0])       # change +2, 0, -2, +1: same direction, twice as big
     assert change_pearson(pred, real, source) == pytest.approx(1.0)
     assert np.isnan(change_pearson(source, real, source))             # identity: no change predicted
+
+
+def test_change_scale_is_the_slope_through_the_origin():
+    source = np.array([1.0, 1.0, 1.0, 1.0])
+    real = np.array([2.0, 1.0, 0.0, 1.5])        # change +1, 0, -1, +0.5
+    assert change_scale(2 * real - source, real, source) == pytest.approx(2.0)   # twice the real change
+    assert change_scale(source, real, source) == 0.0                              # identity: nothing moves
+    assert np.isnan(change_scale(real, source, source))                          # no real change: undefined
+    rng = np.random.default_rng(4)
+    s, r, p = rng.normal(size=(3, 50))
+    d, e = (p - s).astype(np.float64), (r - s).astype(np.float64)
+    expected = np.linalg.lstsq(e[:, None], d, rcond=None)[0][0]                 # the float64 least-squares fit
+    assert change_scale(p, r, s) == pytest.approx(expected, rel=1e-12)
 
 
 def test_mmd_matches_an_explicit_double_loop():

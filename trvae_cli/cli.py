@@ -388,7 +388,8 @@ TRAINING_OPTIONS = (
     click.option("--kl-warmup", type=click.IntRange(min=0), default=D.kl_warmup, show_default=True, metavar="N",
                  help="Epochs over which the KL weight ramps from 0 to --alpha."),
     click.option("--balanced-batches/--no-balanced-batches", default=D.balanced_batches, show_default=True,
-                 help="Equal share of every condition in each batch."),
+                 help="Equal share of every condition in each batch (else plain shuffling); either way every "
+                 "batch of an epoch has one size, at most --batch-size."),
     click.option("--seed", type=int, default=D.seed, show_default=True),
     click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
                  show_default=True, help="Keras dtype policy: mixed_* compute in 16 bits (GPU), keep weights and "

@@ -44,7 +44,7 @@ from .errors import TrvaeError
 FORMAT = "trvae-evaluation"
 FORMAT_VERSION = 1
 R2_METRICS = ("r2_mean_all", "r2_mean_degs", "r2_var_all", "r2_var_degs")
-POINT_METRICS = ("change_pearson_degs", "change_pearson_all", "mmd_pca", "edistance_pca",
+POINT_METRICS = ("change_pearson_degs", "change_pearson_all", "change_scale_degs", "mmd_pca", "edistance_pca",
                  "edistance_ratio", "deg_recovery")
 IDENTITY, MEAN_SHIFT = "identity", "mean shift"
 
@@ -281,6 +281,7 @@ def score_candidate(c: Candidate, *, source, target, degs, real_idx, rng, fracti
     src_mean, real_mean, pred_mean = M.gene_means(source), M.gene_means(target), M.gene_means(pred)
     out["change_pearson_degs"] = M.change_pearson(pred_mean[degs], real_mean[degs], src_mean[degs])
     out["change_pearson_all"] = M.change_pearson(pred_mean, real_mean, src_mean)
+    out["change_scale_degs"] = M.change_scale(pred_mean[degs], real_mean[degs], src_mean[degs])
     pred_pcs = pca.transform(_dense(pred).astype(np.float64))
     out["mmd_pca"] = M.mmd(pred_pcs, target_pcs)
     out["edistance_pca"] = M.energy_distance(pred_pcs, target_pcs)

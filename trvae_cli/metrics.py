@@ -133,6 +133,18 @@ def change_pearson(pred_mean, real_mean, source_mean) -> float:
     return pearson(np.asarray(pred_mean) - source_mean, np.asarray(real_mean) - source_mean)
 
 
+def change_scale(pred_mean, real_mean, source_mean) -> float:
+    """How big the predicted change is against the real one: the least-squares slope through the origin
+    of the predicted change on the real change, ``sum(p r) / sum(r r)`` with p = pred - source and
+    r = real - source. 1: the right size; 0.8: a fifth too weak (the identity's is 0), 1.2: a fifth
+    too strong. Pearson r (:func:`change_pearson`) ignores the size; R² of means sees it only mixed
+    with the source's level. NaN when the real change is 0."""
+    p = np.asarray(pred_mean, float) - np.asarray(source_mean, float)
+    r = np.asarray(real_mean, float) - np.asarray(source_mean, float)
+    rr = float(r @ r)
+    return float(p @ r) / rr if rr > 0 else float("nan")
+
+
 def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     from scipy.spatial.distance import cdist
 

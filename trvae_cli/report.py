@@ -84,6 +84,7 @@ def table_rows(n_degs: int) -> tuple[tuple[str, str], ...]:
         ("r2_mean_degs", f"R² mean, top {n_degs} DEGs"), ("r2_mean_all", "R² mean, all genes"),
         ("r2_var_degs", f"R² variance, top {n_degs} DEGs"), ("r2_var_all", "R² variance, all genes"),
         ("change_pearson_degs", f"r of change, top {n_degs} DEGs"), ("change_pearson_all", "r of change, all genes"),
+        ("change_scale_degs", f"size of change, top {n_degs} DEGs (1 = real)"),
         ("deg_recovery", f"DEG recovery (top {n_degs})"), ("mmd_pca", "MMD² to real (PCA)"),
         ("edistance_pca", "E-distance to real (PCA)"), ("edistance_ratio", "E-distance / source's"),
     )
