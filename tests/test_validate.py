@@ -118,6 +118,12 @@ def test_verdict_is_the_mean_and_sd_over_the_fold_files(run):
             assert line in report["verdict"] and line in result.stderr
         scores[decode] = np.mean([(value(f, decode, "r2_mean_degs") + value(f, decode, "r2_var_degs")) / 2
                                   for f in folds])
+        sizes = np.array([value(f, decode, "change_scale_degs") for f in folds])
+        shift = np.mean([value(f, "mean shift", "change_scale_degs") for f in folds])
+        line = (f"{decode}: expected size of the change on an unseen cell type (top DEGs, 1 = the real size): "
+                f"{sizes.mean():.2f} ± {sizes.std(ddof=1):.2f} over 2 cell types; the mean shift's {shift:.2f}")
+        assert line in report["verdict"] and line in result.stderr
+        assert "beats_mean_shift" not in report["summary"][decode]["change_scale_degs"]
     choice = report["chosen_decode"]
     assert choice["scores"] == pytest.approx(scores, abs=1e-12)
     assert choice["chosen"] == max(scores, key=scores.get) and choice["folds"] == 2 and choice["by"] == "validation"

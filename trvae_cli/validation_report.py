@@ -13,7 +13,9 @@ from .evaluation import IDENTITY, MEAN_SHIFT, POINT_METRICS, R2_METRICS
 
 REFERENCES = (IDENTITY, MEAN_SHIFT)
 SUMMARY_METRICS = ("r2_mean_degs", "r2_var_degs", "r2_mean_all", "r2_var_all", "change_pearson_all",
-                   "change_pearson_degs")
+                   "change_pearson_degs", "change_scale_degs")
+#: figures where higher is not better (1 is right): no "beats the references" count
+SIZE_METRICS = ("change_scale_degs",)
 #: (metric, what it is, of what): the three lines of the verdict per decode.
 VERDICT_METRICS = (("r2_mean_degs", "R²", "DEG means"), ("r2_var_degs", "R²", "DEG variances"),
                    ("change_pearson_all", "r of change", "all genes"))
@@ -89,6 +91,18 @@ def decode_rules(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: M
     return result
 
 
+def _size_line(decode: str, summary: Mapping) -> list[str]:
+    """The verdict's line on how big the predicted change is (top DEGs, 1 = the real size), next to the
+    mean shift's; none when no fold defines it (older fold files lack the figure)."""
+    e, ref = summary[decode]["change_scale_degs"], summary[MEAN_SHIFT]["change_scale_degs"]
+    if e["mean"] is None:
+        return []
+    spread = f" ± {e['sd']:.2f}" if e["sd"] is not None else ""
+    shift = f"; the mean shift's {ref['mean']:.2f}" if ref["mean"] is not None else ""
+    return [f"{decode}: expected size of the change on an unseen cell type (top DEGs, 1 = the real size): "
+            f"{e['mean']:.2f}{spread} over {e['n']} cell type{'s' if e['n'] != 1 else ''}{shift}"]
+
+
 def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapping[str, str] | None = None) -> dict:
     """Per method and metric: mean and sd (ddof 1) over the folds; per decode how often it beats each
     reference; the score of each decode and the one chosen (:data:`CRITERION`); which rule chooses a
@@ -99,7 +113,7 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapp
         for metric in SUMMARY_METRICS:
             values = [fold_value(f, method, metric) for f in folds]
             entry = _stats(values)
-            if method in decodes:
+            if method in decodes and metric not in SIZE_METRICS:
                 for ref, key in ((MEAN_SHIFT, "mean_shift"), (IDENTITY, "identity")):
                     pairs = [(v, fold_value(f, ref, metric)) for v, f in zip(values, folds)]
                     pairs = [(v, r) for v, r in pairs if np.isfinite(v) and np.isfinite(r)]
@@ -122,6 +136,7 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapp
             beats = (f"; beats the mean shift on {e['beats_mean_shift']} of {e['compared_mean_shift']}"
                      if e["compared_mean_shift"] else "; no mean shift to compare with")
             verdict.append(f"{d}: expected {what} on an unseen cell type ({of}): {e['mean']:.3f}{spread} {n}{beats}")
+        verdict.extend(_size_line(d, summary))
     if chosen is not None:
         verdict.append(f"best decode across the folds: {chosen} (mean over {k} folds of the average of DEG-mean and "
                        "DEG-var R²: " + ", ".join(f"{d} {scores[d]:.3f}" for d in ranked) + ")")
@@ -193,7 +208,8 @@ def _markdown(report: dict) -> str:
     for metric, title in (("r2_mean_degs", f"R² of DEG means (top {n_degs})"),
                           ("r2_var_degs", f"R² of DEG variances (top {n_degs})"),
                           ("change_pearson_all", "r of change, all genes"), ("r2_mean_all", "R² of means, all genes"),
-                          ("r2_var_all", "R² of variances, all genes")):
+                          ("r2_var_all", "R² of variances, all genes"),
+                          ("change_scale_degs", f"Size of the change, top {n_degs} DEGs (1 = the real size)")):
         lines += [f"## {title}", "", "| cell type | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for fold in report["folds"]:
             cells = []
