@@ -11,8 +11,8 @@ to ``batch_size - 1`` more (1,790 Kang training cells at 512: 4 batches of 448, 
 
 Unbalanced (``balanced=False``, the scGen preset's plain shuffling) is the same draw with all cells
 as one group: each epoch a new permutation, cut into batches of that one size, the few cells the
-last batch lacks taken from a fresh permutation. Every cell is seen once per epoch and every batch
-still has one shape (``np.array_split`` gave sizes differing by one: two XLA compiles).
+last batch lacks taken from a fresh permutation. Every cell is seen in every epoch (those few twice)
+and every batch still has one shape (``np.array_split`` gave sizes differing by one: two XLA compiles).
 """
 
 from __future__ import annotations

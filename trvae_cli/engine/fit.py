@@ -177,11 +177,11 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     ``signals``: the run's :class:`~trvae_cli.engine.signals.Signals` (else SIGTERM / SIGINT are
     caught around ``fit`` only)."""
     from ..backend import keras_module, seed_everything
+    from ..data.batching import SAMPLER_SCHEME
     from .callbacks import make_callbacks, monitored
     from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
                              restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
-    from ..data.batching import SAMPLER_SCHEME
     from .feeding import feed
     from .progress import event_logger
 
