@@ -385,3 +385,63 @@ def test_decode_auto_takes_the_nearest_validated_cell_type_s_choice(run, partial
     (validation / R.CENTROIDS).unlink()
     choice, decode, _ = predict("T")
     assert decode == "counterfactual" and "missing or unreadable" in choice["rule_reason"]
+
+
+# --------------------------------------------------------------------------- several seeds per fold
+
+
+def _fake_run(seed, values, epochs, wall):
+    """A fold record of one seed: identity and counterfactual, every figure given."""
+    def method(label, r2, point):
+        return {"label": label, "kind": "prediction", "n_cells": 5,
+                "metrics": {"r2_mean_degs": {"mean": r2, "sd": r2 / 10, "full": r2 + 0.01, "n_subsamples": 10},
+                            "change_pearson_all": point}}
+    return {"cell_type": "T", "seed": seed, "train_wall_seconds": wall, "seconds": wall + 1,
+            "result": {"epochs_run": epochs, "best_epoch": epochs - 2, "train_seconds": wall - 1},
+            "evaluation": {"task": {"n_real_source": 5, "n_real_target": 6}, "degs": ["g"], "notes": [],
+                           "results": [method("identity", values[0], None), method("counterfactual", *values[1:])]}}
+
+
+def test_merge_seeds_averages_every_figure_and_sums_the_cost():
+    runs = [_fake_run(0, (0.5, 0.8, 0.6), 10, 30.0), _fake_run(1, (0.7, 0.9, 0.8), 14, 50.0)]
+    merged = R.merge_seeds(runs)
+    cf = next(r for r in merged["evaluation"]["results"] if r["label"] == "counterfactual")["metrics"]
+    assert cf["r2_mean_degs"]["mean"] == pytest.approx(0.85) and cf["r2_mean_degs"]["full"] == pytest.approx(0.86)
+    assert cf["r2_mean_degs"]["sd"] == pytest.approx(0.085)
+    assert cf["r2_mean_degs"]["seed_sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert cf["change_pearson_all"] == pytest.approx(0.7)
+    ident = next(r for r in merged["evaluation"]["results"] if r["label"] == "identity")["metrics"]
+    assert ident["change_pearson_all"] is None                  # undefined on every seed stays undefined
+    assert merged["result"]["epochs_run"] == 12 and merged["train_wall_seconds"] == 80.0 and merged["seconds"] == 82.0
+    assert merged["seeds"] == [0, 1] and [r["epochs_run"] for r in merged["per_seed"]] == [10, 14]
+    assert R.fold_value(merged, "counterfactual", "r2_mean_degs") == pytest.approx(0.85)
+    assert R.merge_seeds(runs[:1]) == runs[0]                    # one seed: the record as it is
+
+
+def test_validate_at_two_seeds_trains_each_fold_twice_and_averages(partial_data, tmp_path, run):
+    out = tmp_path / "val2"
+    result = invoke("validate", partial_data, *TASK, "--out", out, "--jobs", "2", "--seeds", "0,1", *FAST, *TINY)
+    assert_ok(result)
+    assert "validate trains 4 models (one per cell type with both conditions, at each of 2 seeds: T, B)" in result.stderr
+    assert "T (seed 1): trained" in result.stderr
+    runs = folds_of(out)
+    assert sorted(runs) == ["B.seed0", "B.seed1", "T.seed0", "T.seed1"]
+    assert {(r["cell_type"], r["seed"], r["training"]["seed"]) for r in runs.values()} == {
+        (t, s, s) for t in ("T", "B") for s in (0, 1)}
+    report = json.loads((out / "validation.json").read_text())
+    assert report["settings"]["seeds"] == [0, 1]
+    for decode in ("counterfactual", "mean"):
+        per_fold = [np.mean([R.fold_value(runs[f"{t}.seed{s}"], decode, "r2_mean_degs") for s in (0, 1)])
+                    for t in ("T", "B")]
+        assert report["summary"][decode]["r2_mean_degs"]["mean"] == pytest.approx(np.mean(per_fold), abs=1e-12)
+    # seed 0's runs are the one-seed validation's folds (same settings, same seed): the same figures
+    one = folds_of(run[0])
+    assert R.fold_value(runs["T.seed0"], "counterfactual", "r2_mean_degs") == pytest.approx(
+        R.fold_value(one["T"], "counterfactual", "r2_mean_degs"), abs=1e-12)
+    again = invoke("validate", partial_data, *TASK, "--out", out, "--seeds", "0,1", *FAST, *TINY)
+    assert_ok(again)
+    assert "4 of 4 fold runs already done" in again.stderr and "trained in" not in again.stderr
+    assert_user_error(invoke("validate", partial_data, *TASK, "--out", out, "--seeds", "0,2", *FAST, *TINY),
+                      "other settings", "seeds")
+    assert_user_error(invoke("validate", partial_data, *TASK, "--out", tmp_path / "v3", "--seeds", "1,1", *FAST),
+                      "--seeds")

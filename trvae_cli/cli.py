@@ -282,7 +282,7 @@ TRAIN_SECTIONS = {
              "--beta --eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
                 "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
-                "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs",
+                "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs --seeds",
     "Images only": "--image-size --arch --filters",
     "Batch job": "--checkpoint-every --resume --threads --strategy --log-format --quiet --force --help",
 }
@@ -309,6 +309,19 @@ def _decodes(ctx, param, value):
     return names
 
 
+def _seeds(ctx, param, value):
+    names = _names(ctx, param, value)
+    if names is None:
+        return None
+    try:
+        seeds = tuple(int(n) for n in names)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise click.BadParameter(f"expected distinct integers in [0, 2**32), got {value!r}")
+    return seeds
+
+
 # --layer and --backed: the matrix train and validate read
 MATRIX_OPTIONS = (
     cells_option("--layer", default=None, metavar="LAYER", help="Use adata.layers[LAYER] instead of X."),
@@ -331,6 +344,9 @@ VALIDATION_OPTIONS = (
     cells_option("--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                  help="Folds at once, each in its own process [default: one per 2 cores; each fold gets --threads, "
                       "default the cores split evenly]."),
+    cells_option("--seeds", callback=_seeds, default=None, metavar="S1,S2",
+                 help="Train every fold at each of these seeds and average its figures over them (one more "
+                      "training per fold and seed) [default: --seed only]."),
 )
 
 
@@ -458,7 +474,7 @@ def _options(*groups):
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, layer, quiet, force, preset,
           checkpoint_every, resume, threads, log_format, backed, strategy, validate_first, source, target,
-          cell_types, decodes, n_degs, n_subsamples, jobs, **opts):
+          cell_types, decodes, n_degs, n_subsamples, jobs, seeds, **opts):
     """Train trVAE on DATA (.h5ad, or an image folder / CSV manifest) and write a model directory."""
     from . import api
 
@@ -474,11 +490,12 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, lay
             data, condition_key, out, cell_type_key=cell_type_key, source=source, target=target, exclude=exclude,
             layer=layer, backed=backed, settings=_given_settings(ctx, opts), preset=preset, options=options,
             cell_types=cell_types, decodes=decodes or DEFAULT_DECODES, jobs=jobs, n_degs=n_degs or 100,
-            n_subsamples=n_subsamples or 100, log=None if quiet else _err, command=_invocation(ctx, kind="cells"))
+            n_subsamples=n_subsamples or 100, seeds=seeds, log=None if quiet else _err,
+            command=_invocation(ctx, kind="cells"))
     else:
         given = [flag for flag, v in (("--from", source), ("--to", target), ("--cell-types", cell_types),
                                       ("--decodes", decodes), ("--n-degs", n_degs), ("--n-subsamples", n_subsamples),
-                                      ("--jobs", jobs)) if v is not None]
+                                      ("--jobs", jobs), ("--seeds", seeds)) if v is not None]
         if given:
             raise TrvaeError(f"{', '.join(given)} only apply with --validate")
         path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
@@ -495,7 +512,7 @@ VALIDATE_SECTIONS = {
     "Data": "DATA --condition --cell-type-key --from --to --cell-types --layer --backed --out",
     "Model": TRAIN_SECTIONS["Model"],
     "Training": TRAIN_SECTIONS["Training"].split(" --validate")[0],
-    "Validation": "--decodes --n-degs --n-subsamples --jobs --threads --keep-models",
+    "Validation": "--decodes --n-degs --n-subsamples --jobs --seeds --threads --keep-models",
     "Output": "--quiet --force --help",
 }
 
@@ -529,7 +546,7 @@ VALIDATE_SECTIONS = {
 @click.option("--force", is_flag=True, help="Start over: delete a validation folder trvae wrote, of any settings.")
 @click.pass_context
 def validate_command(ctx, data, condition_key, cell_type_key, source, target, layer, backed, out, preset, cell_types,
-                     decodes, n_degs, n_subsamples, jobs, threads, keep_models, quiet, force, **opts):
+                     decodes, n_degs, n_subsamples, jobs, seeds, threads, keep_models, quiet, force, **opts):
     """Leave one cell type out at a time: for each cell type T with cells in both --from and --to, train
     without T's --to cells, transform T's --from cells with each of --decodes, and score them against
     T's real --to cells (trvae evaluate, with the identity and mean-shift references). Costs one training
@@ -541,8 +558,8 @@ def validate_command(ctx, data, condition_key, cell_type_key, source, target, la
     report = validate(data, condition_key, cell_type_key, source, target, out, cell_types=cell_types,
                       decodes=decodes or DEFAULT_DECODES, jobs=jobs, threads=threads,
                       settings=_given_settings(ctx, opts), preset=preset, layer=layer, backed=backed,
-                      n_degs=n_degs or 100, n_subsamples=n_subsamples or 100, keep_models=keep_models, force=force,
-                      log=None if quiet else _err, command=_invocation(ctx))
+                      n_degs=n_degs or 100, n_subsamples=n_subsamples or 100, seeds=seeds, keep_models=keep_models,
+                      force=force, log=None if quiet else _err, command=_invocation(ctx))
     for path in report["outputs"]:
         click.echo(path)
 

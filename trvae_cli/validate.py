@@ -57,8 +57,8 @@ import numpy as np
 
 from .config import SCORED_DECODES, RunOptions, TrainSettings, resolve_settings
 from .errors import Interrupted, TrvaeError
-from .validation_report import (CENTROIDS, CRITERION, DATA_SET_RULE, NEAREST_RULE, REFERENCES, fold_entry, fold_value, nearest_folds,
-                                read_centroids, summarize, write_reports)
+from .validation_report import (CENTROIDS, CRITERION, DATA_SET_RULE, NEAREST_RULE, REFERENCES, fold_entry, fold_value,
+                                merge_seeds, nearest_folds, read_centroids, summarize, write_reports)
 
 FORMAT = "trvae-validation"
 FOLD_FORMAT = "trvae-validation-fold"
@@ -193,7 +193,7 @@ def run_fold(spec: Mapping) -> dict:
     if held_out:      # a fold that saw its own target cells would score nothing unseen
         raise TrvaeError(f"fold {cell_type}: the model's training data held the scored cells ({held_out})")
     record = {
-        "format": FOLD_FORMAT, "format_version": FORMAT_VERSION, "cell_type": cell_type,
+        "format": FOLD_FORMAT, "format_version": FORMAT_VERSION, "cell_type": cell_type, "seed": int(spec["seed"]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": spec["compared"], "training": cfg["training"],
         "train_wall_seconds": round(train_wall, 2), "evaluate_seconds": round(time.perf_counter() - t1, 2),
@@ -276,18 +276,28 @@ def _prepare_out(out: Path, compared: dict, force: bool) -> None:
                                        "settings": compared}, indent=2))
 
 
-def _finished(out: Path, folds: Sequence[str], compared: dict) -> dict[str, dict]:
-    """The folds whose JSON is complete and was computed with these settings."""
+def _finished(out: Path, units: Mapping[str, tuple[str, int]], compared: dict) -> dict[str, dict]:
+    """The fold runs (``units``: {name: (cell type, seed)}) whose JSON is complete and was computed with
+    these settings."""
     done = {}
-    for t in folds:
-        path = fold_path(out, t)
+    for key, (t, seed) in units.items():
+        path = fold_path(out, key)
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("format") == FOLD_FORMAT and record.get("cell_type") == t and record.get("settings") == compared:
-            done[t] = record
+        if (record.get("format") == FOLD_FORMAT and record.get("cell_type") == t
+                and record.get("seed", seed) == seed and record.get("settings") == compared):
+            done[key] = record
     return done
+
+
+def fold_units(folds: Sequence[str], seeds: Sequence[int]) -> dict[str, tuple[str, int]]:
+    """{name: (cell type, seed)} of every training a validation runs: the cell type's own name with one
+    seed (the folder of a one-seed validation is as before), ``T.seedS`` with several."""
+    if len(seeds) == 1:
+        return {t: (t, int(seeds[0])) for t in folds}
+    return {f"{t}.seed{s}": (t, int(s)) for t in folds for s in seeds}
 
 
 # --------------------------------------------------------------------------- running the folds
@@ -314,7 +324,7 @@ def _last_line(path: Path) -> str:
 
 def _run_folds(pending: list[str], specs: dict[str, dict], out: Path, jobs: int, threads: int,
                on_done: Callable[[str, dict], None]) -> dict[str, str]:
-    """Run the pending folds, ``jobs`` processes at once; {cell type: why} for those that failed.
+    """Run the pending fold runs, ``jobs`` processes at once; {name: why} for those that failed.
     SIGTERM / SIGINT stop the running folds (finished ones stay) and raise :class:`Interrupted`."""
     from .engine.signals import Signals
 
@@ -335,7 +345,8 @@ def _run_folds(pending: list[str], specs: dict[str, dict], out: Path, jobs: int,
                     running[proc] = (t, log_path)
                 for proc in [p for p in running if p.poll() is not None]:
                     t, log_path = running.pop(proc)
-                    record = _finished(out, [t], specs[t]["compared"]).get(t)
+                    record = _finished(out, {t: (specs[t]["cell_type"], specs[t]["seed"])},
+                                       specs[t]["compared"]).get(t)
                     if proc.returncode == 0 and record is not None:
                         on_done(t, record)
                     else:
@@ -380,6 +391,7 @@ def validate(
     backed: bool = False,
     n_degs: int = 100,
     n_subsamples: int = 100,
+    seeds: Sequence[int] | None = None,
     keep_models: bool = False,
     force: bool = False,
     log: Callable[[str], None] | None = _say,
@@ -408,6 +420,11 @@ def validate(
         every fold's training (what the final model will not see either).
     n_degs, n_subsamples
         :func:`trvae_cli.evaluation.evaluate`'s (``n_degs`` is capped at the number of genes).
+    seeds
+        Train every fold once per seed and average each of its figures over them before the summary
+        (default: the settings' one seed). A fold's figures move by a seed's noise (on Kang, ± 0.07 on
+        CD14+Mono's DEG variances), which one seed per fold cannot average out; each seed costs
+        another training per fold.
     keep_models
         Keep ``out/models/<T>/`` (each fold's model and predictions) instead of deleting it.
     log
@@ -440,7 +457,14 @@ def validate(
     if n_subsamples < 1 or n_degs < 1:
         raise TrvaeError("--n-degs and --n-subsamples must be >= 1")
     resolved = _resolve(settings, preset)
+    seeds = [int(s) for s in seeds] if seeds else [int(resolved.seed)]
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise TrvaeError(f"--seeds must be distinct integers in [0, 2**32), got {','.join(map(str, seeds))}")
     plan = plan_folds(data, condition_key, cell_type_key, source, target, cell_types)
+    units = fold_units(plan.folds, seeds)
+    names = [_file_name(u) for u in units]
+    if len(set(names)) != len(names):
+        raise TrvaeError(f"the fold runs {', '.join(units)} do not have distinct file names; rename the cell types")
     notes = []       # said once the output has passed its checks, not before an error
     if n_degs > plan.n_genes:
         notes.append(f"note: --n-degs {n_degs} is more than the {plan.n_genes} genes: scoring the top {plan.n_genes}")
@@ -452,46 +476,52 @@ def validate(
                 "cell_type_key": cell_type_key, "from": source, "to": target, "cell_types": plan.folds,
                 "exclude": list(exclude), "layer": layer, "backed": bool(backed), "decodes": decodes,
                 "n_degs": int(n_degs), "n_subsamples": int(n_subsamples), "training": resolved.to_dict()}
+    if len(seeds) > 1:      # a one-seed folder keeps the settings it always had (and stays resumable)
+        compared["seeds"] = seeds
     command = command or (f"trvae_cli.validate.validate({str(data)!r}, {condition_key!r}, {cell_type_key!r}, "
                           f"{source!r}, {target!r}, {str(out)!r}, ...)")
     with claim(out):
         _prepare_out(out, compared, force)
-        done = _finished(out, plan.folds, compared)
-        pending = [t for t in plan.folds if t not in done]
+        done = _finished(out, units, compared)
+        pending = [u for u in units if u not in done]
         cores = _cores()
         jobs_now = max(1, min(jobs or max(1, cores // 2), len(pending) or 1))
         threads_each = threads or max(1, cores // jobs_now)
         k = len(plan.folds)
+        n_runs = len(units)
         for line in notes:
             say(line)
         for t, why in plan.skipped.items():
             say(f"skipping {t}: {why}")
-        what = (f"validate trains {k} model{'s' if k != 1 else ''} (one per cell type with both conditions: "
-                f"{', '.join(plan.folds)})")
+        what = (f"validate trains {n_runs} model{'s' if n_runs != 1 else ''} (one per cell type with both conditions"
+                + (f", at each of {len(seeds)} seeds" if len(seeds) > 1 else "") + f": {', '.join(plan.folds)})")
         at_once = f"{jobs_now} at a time, {threads_each} thread{'s' if threads_each != 1 else ''} each"
         if done:
             took = float(np.median([r["train_wall_seconds"] for r in done.values()]))
             left = len(pending) * took / jobs_now
-            say(f"{what}; one training of this data took ~{took:.0f} s here; {len(done)} of {k} folds already done "
+            say(f"{what}; one training of this data took ~{took:.0f} s here; {len(done)} of {n_runs} "
+                f"{'folds' if len(seeds) == 1 else 'fold runs'} already done "
                 f"({', '.join(done)})" + (f": about {_duration(left)} left ({at_once})" if pending else ""))
         else:
-            say(f"{what}: about {k} times one `trvae train` of this data ({at_once})")
-        specs = {t: {"cell_type": t, "data": str(data_path), "condition_key": condition_key,
+            say(f"{what}: about {n_runs} times one `trvae train` of this data ({at_once})")
+        specs = {u: {"cell_type": t, "data": str(data_path), "condition_key": condition_key,
                      "cell_type_key": cell_type_key, "source": source, "target": target,
                      "exclude": [*exclude, f"{t}:{target}"], "layer": layer, "backed": bool(backed),
-                     "settings": resolved.to_dict(), "preset": preset, "decodes": decodes, "n_degs": int(n_degs),
-                     "n_subsamples": int(n_subsamples), "seed": int(resolved.seed), "threads": threads_each,
-                     "model_dir": str((out / "models" / _file_name(t)).resolve()),
-                     "fold_file": str(fold_path(out, t).resolve()), "keep_models": bool(keep_models),
+                     "settings": {**resolved.to_dict(), "seed": s}, "preset": preset, "decodes": decodes,
+                     "n_degs": int(n_degs), "n_subsamples": int(n_subsamples), "seed": s, "threads": threads_each,
+                     "model_dir": str((out / "models" / _file_name(u)).resolve()),
+                     "fold_file": str(fold_path(out, u).resolve()), "keep_models": bool(keep_models),
                      "compared": compared, "command": command}
-                 for t in pending}
+                 for u, (t, s) in units.items() if u in pending}
         started = time.perf_counter()
         finished_now: list[str] = []
 
-        def on_done(t: str, record: dict) -> None:
-            done[t] = record
-            finished_now.append(t)
-            line = (f"[{len(done)}/{k}] {t}: trained in {record['train_wall_seconds']:.0f} s "
+        def on_done(u: str, record: dict) -> None:
+            done[u] = record
+            finished_now.append(u)
+            t, s = units[u]
+            line = (f"[{len(done)}/{n_runs}] {t}" + (f" (seed {s})" if len(seeds) > 1 else "")
+                    + f": trained in {record['train_wall_seconds']:.0f} s "
                     f"({record['result']['epochs_run']} epochs), scored: R² DEG means "
                     + ", ".join(f"{m} {fold_value(record, m, 'r2_mean_degs'):.3f}" for m in [*decodes, *REFERENCES]))
             remaining = len(pending) - len(finished_now)
@@ -501,9 +531,9 @@ def validate(
 
         failed = _run_folds(pending, specs, out, jobs_now, threads_each, on_done) if pending else {}
         if failed:
-            raise TrvaeError(f"{len(failed)} of {k} folds failed (the others are kept; the same command retries "
-                             "them): " + "; ".join(f"{t}: {why}" for t, why in failed.items()))
-        records = [done[t] for t in plan.folds]
+            raise TrvaeError(f"{len(failed)} of {n_runs} fold runs failed (the others are kept; the same command "
+                             "retries them): " + "; ".join(f"{t}: {why}" for t, why in failed.items()))
+        records = [merge_seeds([done[u] for u, (t2, _) in units.items() if t2 == t]) for t in plan.folds]
         from .evaluation import analysis_versions
 
         centroids = source_centroids(data_path, condition_key, cell_type_key, source, plan.folds, layer, backed)
@@ -512,7 +542,8 @@ def validate(
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": command,
-            "settings": {**compared, "preset": preset or "trvae", "seed": int(resolved.seed), "jobs": jobs_now,
+            "settings": {**compared, "preset": preset or "trvae", "seed": int(resolved.seed), "seeds": seeds,
+                         "jobs": jobs_now,
                          "threads": threads_each, "keep_models": bool(keep_models),
                          "r2": "evaluate's R²: squared Pearson of per-gene means / variances, mean over subsamples",
                          "sd": "over the folds, ddof 1"},
@@ -570,8 +601,8 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
                           settings: Mapping | TrainSettings | None = None, preset: str | None = None,
                           options: RunOptions | None = None, cell_types: Sequence[str] | None = None,
                           decodes: Sequence[str] = DEFAULT_DECODES, jobs: int | None = None, n_degs: int = 100,
-                          n_subsamples: int = 100, log: Callable[[str], None] | None = _say,
-                          command: str | None = None) -> Path:
+                          n_subsamples: int = 100, seeds: Sequence[int] | None = None,
+                          log: Callable[[str], None] | None = _say, command: str | None = None) -> Path:
     """``trvae train --validate``: the validation folds with the same settings, then the final model
     into ``out`` as :func:`~trvae_cli.api.train` trains it, with the validation in ``out/validation/``
     (what ``trvae transform --decode auto`` reads).
@@ -600,7 +631,8 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
     side = side_folder(out)
     validate(data, condition_key, cell_type_key, source, target, side, cell_types=cell_types, decodes=decodes,
              jobs=jobs, threads=o.threads, settings=settings, preset=preset, exclude=exclude, layer=layer,
-             backed=backed, n_degs=n_degs, n_subsamples=n_subsamples, force=o.force, log=log, command=command)
+             backed=backed, n_degs=n_degs, n_subsamples=n_subsamples, seeds=seeds, force=o.force, log=log,
+             command=command)
     (log or (lambda line: None))(f"validation done; training the final model into {out}")
     path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
                      backed=backed, settings=settings, preset=preset, options=o)

@@ -154,10 +154,49 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapp
                               "rule_scores": rules["scores"], "rule_per_fold": rules["per_fold"]}}
 
 
+def _mean(values) -> float | None:
+    arr = np.array([np.nan if v is None else float(v) for v in values])
+    return float(np.mean(arr[np.isfinite(arr)])) if np.isfinite(arr).any() else None
+
+
+def merge_seeds(records: Sequence[Mapping]) -> dict:
+    """One fold's record from its runs at several seeds: every figure of every method the mean over
+    the seeds (an R²'s subsample mean, sd and full-set value alike, and ``seed_sd``, the sd of its
+    subsample means over the seeds, ddof 1); epochs the mean; seconds the sum (the fold's cost).
+    One record is returned as it is."""
+    if len(records) == 1:
+        return dict(records[0])
+    first = records[0]
+    results = []
+    for r in first["evaluation"]["results"]:
+        same = [next(x for x in rec["evaluation"]["results"] if x["label"] == r["label"]) for rec in records]
+        metrics = {}
+        for name, v in r["metrics"].items():
+            vals = [s["metrics"].get(name) for s in same]
+            if isinstance(v, dict):
+                means = [x.get("mean") if isinstance(x, dict) else None for x in vals]
+                ok = [m for m in means if m is not None and np.isfinite(m)]
+                metrics[name] = {
+                    **{k: _mean(x.get(k) if isinstance(x, dict) else None for x in vals) for k in ("mean", "sd", "full")},
+                    "n_subsamples": v.get("n_subsamples"),
+                    "seed_sd": float(np.std(ok, ddof=1)) if len(ok) > 1 else None}
+            else:
+                metrics[name] = _mean(vals)
+        results.append({**r, "metrics": metrics})
+    runs = [{"seed": rec.get("seed"), **{k: rec["result"].get(k) for k in ("epochs_run", "best_epoch", "train_seconds")},
+             "train_wall_seconds": rec["train_wall_seconds"]} for rec in records]
+    return {**first, "seed": None, "seeds": [rec.get("seed") for rec in records], "per_seed": runs,
+            "result": {k: _mean(run[k] for run in runs) for k in ("epochs_run", "best_epoch", "train_seconds")},
+            "train_wall_seconds": float(sum(rec["train_wall_seconds"] for rec in records)),
+            "seconds": float(sum(rec["seconds"] for rec in records)),
+            "evaluation": {**first["evaluation"], "results": results}}
+
+
 def fold_entry(record: Mapping) -> dict:
     ev = record["evaluation"]
-    return {"cell_type": record["cell_type"], **record["result"], "train_wall_seconds": record["train_wall_seconds"],
-            "seconds": record["seconds"], "n_real_source": ev["task"]["n_real_source"],
+    seeds = {"seeds": record["seeds"], "per_seed": record["per_seed"]} if "seeds" in record else {}
+    return {"cell_type": record["cell_type"], **record["result"], **seeds,
+            "train_wall_seconds": record["train_wall_seconds"], "seconds": record["seconds"], "n_real_source": ev["task"]["n_real_source"],
             "n_real_target": ev["task"]["n_real_target"], "degs": ev["degs"], "notes": ev["notes"],
             "methods": {r["label"]: {"kind": r["kind"], "n_cells": r["n_cells"], "metrics": r["metrics"]}
                         for r in ev["results"]}}
