@@ -155,8 +155,8 @@ def summarize(folds: Sequence[Mapping], decodes: Sequence[str], neighbours: Mapp
 
 
 def _mean(values) -> float | None:
-    arr = np.array([np.nan if v is None else float(v) for v in values])
-    return float(np.mean(arr[np.isfinite(arr)])) if np.isfinite(arr).any() else None
+    """:func:`_stats`' mean of values that may be None (a figure a fold's JSON left undefined)."""
+    return _stats([np.nan if v is None else v for v in values])["mean"]
 
 
 def merge_seeds(records: Sequence[Mapping]) -> dict:
@@ -174,12 +174,10 @@ def merge_seeds(records: Sequence[Mapping]) -> dict:
         for name, v in r["metrics"].items():
             vals = [s["metrics"].get(name) for s in same]
             if isinstance(v, dict):
-                means = [x.get("mean") if isinstance(x, dict) else None for x in vals]
-                ok = [m for m in means if m is not None and np.isfinite(m)]
-                metrics[name] = {
-                    **{k: _mean(x.get(k) if isinstance(x, dict) else None for x in vals) for k in ("mean", "sd", "full")},
-                    "n_subsamples": v.get("n_subsamples"),
-                    "seed_sd": float(np.std(ok, ddof=1)) if len(ok) > 1 else None}
+                field = lambda k: [x.get(k) if isinstance(x, dict) else None for x in vals]   # noqa: E731
+                metrics[name] = {**{k: _mean(field(k)) for k in ("mean", "sd", "full")},
+                                 "n_subsamples": v.get("n_subsamples"),
+                                 "seed_sd": _stats([np.nan if m is None else m for m in field("mean")])["sd"]}
             else:
                 metrics[name] = _mean(vals)
         results.append({**r, "metrics": metrics})

@@ -32,7 +32,6 @@ SAMPLER_SCHEME = 2
 class BalancedSampler:
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, balanced: bool = True):
         self.labels = np.asarray(labels)
-        self.balanced = balanced
         self.rng = np.random.default_rng(seed)
         self.groups = ([np.flatnonzero(self.labels == k) for k in np.unique(self.labels)] if balanced
                        else [np.arange(len(self.labels))] if len(self.labels) else [])
