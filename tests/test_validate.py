@@ -244,6 +244,14 @@ def test_train_validate_resumes_the_folds_then_decode_auto_uses_them(run, partia
     assert choice["by"] == "default" and decode == "counterfactual" and "not stimulated -> control" in choice["reason"]
     choice, decode, _ = choice_of("--model", model, "--from", "control", "--to", "stimulated", "--decode", "mean")
     assert choice is None and decode == "mean"                       # an explicit mode is just that
+    # the folds' seed is a replicate (train --validate --seeds 1,2 trains the model at --seed): another seed
+    # still takes the validation's choice, another setting does not
+    def direct(training):
+        return V.decode_choice(model, {**cfg, "training": training}, source="control", target="stimulated",
+                               default="counterfactual")
+    assert direct({**cfg["training"], "seed": cfg["training"]["seed"] + 7})["by"] == "validation"
+    other = direct({**cfg["training"], "epochs": cfg["training"]["epochs"] + 1})
+    assert other["by"] == "default" and "training settings are not the model's" in other["reason"]
 
     # a model without a validation: auto falls back to the default and says so; no --decode is today's default
     unvalidated = tmp_path / "unvalidated"
@@ -430,6 +438,7 @@ def test_validate_at_two_seeds_trains_each_fold_twice_and_averages(partial_data,
         (t, s, s) for t in ("T", "B") for s in (0, 1)}
     report = json.loads((out / "validation.json").read_text())
     assert report["settings"]["seeds"] == [0, 1]
+    assert report["training"]["seed"] == report["settings"]["seed"] == 0     # the model's seed, not a fold's
     for decode in ("counterfactual", "mean"):
         per_fold = [np.mean([R.fold_value(runs[f"{t}.seed{s}"], decode, "r2_mean_degs") for s in (0, 1)])
                     for t in ("T", "B")]

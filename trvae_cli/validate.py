@@ -547,7 +547,8 @@ def validate(
                          "threads": threads_each, "keep_models": bool(keep_models),
                          "r2": "evaluate's R²: squared Pearson of per-gene means / variances, mean over subsamples",
                          "sd": "over the folds, ddof 1"},
-            "training": records[0]["training"],
+            # the folds' settings, with the seed of the model they are for (a fold seed is a replicate)
+            "training": {**records[0]["training"], "seed": int(resolved.seed)},
             "cell_types": {"folds": plan.folds, "skipped": plan.skipped, "counts": plan.counts},
             "folds": [fold_entry(r) for r in records],
             **decided,
@@ -641,6 +642,11 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
     return path
 
 
+def _unseeded(training) -> dict | None:
+    """Training settings without the seed: a validation at other seeds (``--seeds``) still applies."""
+    return {k: v for k, v in training.items() if k != "seed"} if isinstance(training, dict) else None
+
+
 def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str,
                   group: str | None = None, group_mean: Callable[[], tuple[np.ndarray, Sequence[str]]] | None = None
                   ) -> dict:
@@ -670,7 +676,7 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     s = v.get("settings", {})
     if (s.get("from"), s.get("to")) != (source, target):
         return fallback(f"the validation predicted {s.get('from')} -> {s.get('to')}, not {source} -> {target}")
-    if v.get("training") != cfg.get("training"):
+    if _unseeded(v.get("training")) != _unseeded(cfg.get("training")):
         return fallback("the validation's training settings are not the model's")
     c = v["chosen_decode"]
     choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
