@@ -17,17 +17,39 @@ def test_plan_covers_every_row_once_and_mixes_conditions():
     rows = np.sort(rng.choice(20000, n, replace=False))
     labels = (rows >= 10000).astype(int)              # the file holds control first, then stimulated
     plan = ChunkPlan(rows, labels, batch_size=128, block_rows=500, pool_blocks=8, seed=1)
+    n_batches = -(-n // 128)                                            # 40 batches of 125: no padding
     for _ in range(2):
         batches = plan.epoch()
         positions = np.concatenate([p for _, p in batches])
         assert np.array_equal(np.sort(positions), np.arange(n))         # every row exactly once
-        assert len(batches) == plan.n_batches == -(-n // 128)
+        assert len(batches) == plan.n_batches == n_batches
+        assert {len(p) for _, p in batches} == {125}
         assert all(len(np.unique(pools)) <= 2 for pools, _ in batches)  # a batch touches <= 2 pools
         both = np.mean([len(np.unique(labels[p])) == 2 for _, p in batches])
         assert both > 0.9                                               # conditions meet in batches
     fixed = ChunkPlan(rows, labels, 128, 500, 8, seed=1, fixed=True)
     a, b = fixed.epoch(), fixed.epoch()
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert [len(p) for _, p in a] == [128] * 39 + [8]                   # validation: each row once, as read
+
+
+def test_plan_batches_have_one_size_the_last_filled_from_just_before_it():
+    rows, labels = np.arange(1003), np.arange(1003) % 2
+    plan = ChunkPlan(rows[:1001], labels[:1001], batch_size=100, block_rows=64, pool_blocks=4, seed=2)
+    batches = plan.epoch()
+    assert len(batches) == 11 and {len(p) for _, p in batches} == {91}  # ceil(1001 / 11): 11 x 91 = 1,001
+    plan = ChunkPlan(rows[:1000], labels[:1000], batch_size=128, block_rows=64, pool_blocks=4, seed=2)
+    batches = plan.epoch()
+    assert len(batches) == 8 and {len(p) for _, p in batches} == {125}  # 8 x 125 = 1,000
+    plan = ChunkPlan(rows, labels, batch_size=100, block_rows=64, pool_blocks=4, seed=2)
+    batches = plan.epoch()                                              # 11 x 92 = 1,012: 9 rows twice
+    assert len(batches) == 11 and {len(p) for _, p in batches} == {92}
+    positions = np.concatenate([p for _, p in batches])
+    assert np.array_equal(np.unique(positions), np.arange(1003))       # every row at least once
+    assert np.array_equal(batches[-1][1][:9], batches[-2][1][-9:])     # the rows just before the last batch
+    assert len(np.unique(batches[-1][1])) == 92                        # never twice in one batch
+    for pools, p in batches:                                           # each row's pool travels with it
+        assert len(pools) == len(p)
 
 
 @pytest.mark.parametrize("dense", [False, True])

@@ -177,6 +177,11 @@ def first_values(matrix: BackedMatrix, n: int = 200_000) -> np.ndarray:
     return np.zeros(0, matrix.dtype)
 
 
+#: recorded with a backed run's checkpoints as its ``sampler_scheme`` (see
+#: :data:`~trvae_cli.data.batching.SAMPLER_SCHEME`): 3, training batches of one size (2: the last one smaller)
+PLAN_SCHEME = 3
+
+
 class ChunkPlan:
     """Which rows go in which batch, for one epoch of out-of-core training.
 
@@ -184,8 +189,11 @@ class ChunkPlan:
     are put in a random order and taken ``pool_blocks`` at a time; the training rows of
     such a pool are shuffled -- stratified by condition, so every stretch of a pool holds
     the conditions in their pool proportions -- and the epoch's rows, pool after pool, are
-    cut into batches of ``batch_size``. Every training row appears exactly once per epoch;
-    a batch touches at most two pools, so at most two pools are in memory.
+    cut into ``ceil(n / batch_size)`` training batches of one size, ``ceil(n / n_batches)`` (as in
+    memory: one shape, one XLA compile). Every training row appears once per epoch; the few rows the
+    last batch lacks are the ones just before it, seen twice. A batch touches at most two pools
+    (given pools larger than a batch), so at most two pools are in memory. A ``fixed`` plan (the
+    validation pass) keeps every row exactly once, its last batch smaller.
 
     Conditions stored in separate halves of a file still meet in a batch, because a pool
     draws its blocks from anywhere in the file. Unlike the in-memory sampler, shares are
@@ -208,6 +216,8 @@ class ChunkPlan:
         self.blocks = np.unique(block_of)
         self.members = {int(b): np.flatnonzero(block_of == b) for b in self.blocks}
         self.n_batches = max(1, -(-len(self.rows) // self.batch_size))
+        #: rows per batch: at most the ``batch_size`` asked for, the same in every training batch
+        self.size = self.batch_size if fixed else max(1, -(-len(self.rows) // self.n_batches))
 
     def _stratified(self, positions: np.ndarray, rng) -> np.ndarray:
         """``positions`` shuffled so that each condition is spread evenly along the order."""
@@ -229,8 +239,13 @@ class ChunkPlan:
             pool_of.append(np.full(len(members), p))
         order, pool_of = np.concatenate(pools), np.concatenate(pool_of)
         self.pool_blocks_of = [blocks[s: s + self.pool_blocks] for s in range(0, len(blocks), self.pool_blocks)]
-        cuts = range(0, len(order), self.batch_size)
-        return [(pool_of[c: c + self.batch_size], order[c: c + self.batch_size]) for c in cuts]
+        size = self.size
+        batches = [(pool_of[c: c + size], order[c: c + size]) for c in range(0, len(order), size)]
+        short = size - len(batches[-1][1])
+        if short and not self.fixed and len(batches) > 1:
+            last = len(order) - len(batches[-1][1])      # the rows just before the last batch fill it
+            batches[-1] = (pool_of[last - short:], order[last - short:])
+        return batches
 
 
 class RowsView:

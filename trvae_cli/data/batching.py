@@ -26,6 +26,7 @@ import scipy.sparse as sp
 #: How batches are drawn, recorded with every checkpoint: a checkpoint of another scheme is not
 #: resumed (the rest of its run would see other batches than either version's uninterrupted run).
 #: 2: batches of one even size, balanced or not (1: ``batch_size`` each, ``array_split`` unbalanced).
+#: Backed runs record their own plan's number (:data:`~trvae_cli.data.backed.PLAN_SCHEME`).
 SAMPLER_SCHEME = 2
 
 

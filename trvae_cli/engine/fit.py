@@ -207,7 +207,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     # what a checkpoint must match to be resumed: the settings and the data as selected
     run_meta = json.loads(json.dumps({
         "settings": s.to_dict(), **data.meta, "n_train": int(len(train_pos)), "n_validation": int(len(val_pos)),
-        "distribution": dist.describe(), "sampler_scheme": SAMPLER_SCHEME,
+        "distribution": dist.describe(), "sampler_scheme": getattr(train_batches, "scheme", SAMPLER_SCHEME),
     }))
     ckpt, initial_epoch, history_before = None, 0, []
     if o.resume:

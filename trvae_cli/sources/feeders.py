@@ -97,12 +97,13 @@ class BackedBatches(keras.utils.PyDataset):
     def __init__(self, matrix, rows, labels, batch_size, seed=0, fixed=False, block_rows=4096, pool_blocks=8,
                  replicas=1):
         super().__init__(workers=1, use_multiprocessing=False)
-        from ..data.backed import ChunkPlan
+        from ..data.backed import PLAN_SCHEME, ChunkPlan
 
         self.matrix = matrix
         self.replicas = int(replicas)
         self.fixed = fixed
         self.plan = ChunkPlan(rows, labels, batch_size, block_rows, pool_blocks, seed, fixed)
+        self.scheme = PLAN_SCHEME           # how its batches are drawn, recorded with checkpoints
         self.sampler = self.plan            # what a checkpoint saves: .rng
         self._cache: dict = {}
         self._batches = self.plan.epoch()
