@@ -454,3 +454,45 @@ def test_validate_at_two_seeds_trains_each_fold_twice_and_averages(partial_data,
                       "other settings", "seeds")
     assert_user_error(invoke("validate", partial_data, *TASK, "--out", tmp_path / "v3", "--seeds", "1,1", *FAST),
                       "--seeds")
+
+
+# --------------------------------------------------------------------------- train --validation DIR, trvae compare
+
+
+def test_train_attaches_an_existing_validation_of_its_settings(run, partial_data, tmp_path):
+    model = tmp_path / "model"
+    result = invoke("train", partial_data, *KEYS, *TINY, "--seed", "5", "--validation", run[0], "--out", model)
+    assert_ok(result)
+    assert f"(its validation: {model}/validation/, from {run[0]})" in result.stderr
+    attached = model / "validation"
+    assert (attached / "validation.json").read_text() == (run[0] / "validation.json").read_text()
+    assert sorted(p.name for p in (attached / "folds").iterdir()) == sorted(p.name for p in (run[0] / "folds").iterdir())
+    pred = tmp_path / "p.h5ad"
+    assert_ok(invoke("transform", "--model", model, "--from", "control", "--to", "stimulated", "--cell-type", "T",
+                     "--out", pred))
+    choice = ad.read_h5ad(pred).uns["trvae"]["decode_choice"]
+    assert choice["by"] == "validation"                     # another --seed: the validation still applies
+    # other settings: refused before training, nothing written
+    other = tmp_path / "other"
+    assert_user_error(invoke("train", partial_data, *KEYS, *TINY, "--dropout", "0.3", "--validation", run[0],
+                             "--out", other), "--validation", "other settings", "dropout")
+    assert not other.exists()
+    assert_user_error(invoke("train", partial_data, *KEYS, *TINY, "--validation", tmp_path, "--out", other),
+                      "no validation result")
+    assert_user_error(invoke("train", partial_data, *TASK, *TINY, "--validate", "--validation", run[0], "--out", other),
+                      "give one")
+    assert not other.exists()
+    # the attached model compares like the folder it came from
+    report = invoke("compare", run[0], model)
+    assert_ok(report)
+    assert "not distinguishable" in report.stdout or "baseline scores highest" in report.stdout
+    # the library flow of the README: the recommended setting's training settings and folder, as given
+    from trvae_cli import api
+    from trvae_cli.compare import compare
+    from trvae_cli.config import RunOptions
+
+    best = compare([run[0], model])["recommended"]
+    lib = api.train(partial_data, "condition", tmp_path / "lib", cell_type_key="cell_type", settings=best["training"],
+                    validation=best["path"], options=RunOptions(progress="none"))
+    assert json.loads((lib / "config.json").read_text())["training"] == best["training"]
+    assert (lib / "validation" / "validation.json").is_file()

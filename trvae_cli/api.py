@@ -59,6 +59,7 @@ def train(
     settings: TrainSettings | Mapping | None = None,
     preset: str | None = None,
     options: RunOptions | None = None,
+    validation: str | Path | None = None,
 ) -> Path | None:
     """Train trVAE on cells or images and write a model directory; returns its path.
 
@@ -87,6 +88,10 @@ def train(
         How the run behaves (:class:`~trvae_cli.config.RunOptions`: progress, checkpoints,
         resume, threads, strategy, force). Progress defaults to a bar on a terminal or in a
         notebook and to JSON lines on stderr otherwise.
+    validation
+        Cells: an existing validation folder (``trvae validate``'s ``out``, or a validated model
+        directory) to attach as ``OUT/validation/`` for ``transform --decode auto``. It must have
+        been trained with these settings, the seed aside; that is checked before training.
 
     Returns
     -------
@@ -108,11 +113,23 @@ def train(
     out = Path(out)
     if isinstance(data, (str, Path)) and not Path(data).exists():     # before any word on the output
         raise TrvaeError(f"data file not found: {data}")
+    if validation is not None:
+        from .sources import looks_like_images
+        from .validate import check_attachable
+
+        if looks_like_images(data):
+            raise TrvaeError("--validation holds a validation of held-out cell types; it does not apply to images")
+        check_attachable(validation, settings, preset)
     # one writer per output (the chief alone writes a multi-worker run's; its lock would bar the others)
     with claim(out) if o.strategy != "multiworker" else nullcontext(), \
             Signals(enabled=o.strategy != "multiworker") as signals:
-        return _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings,
+        path = _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings,
                       preset, o, signals)
+        if path is not None and validation is not None:
+            from .validate import attach_validation
+
+            attach_validation(validation, path)
+        return path
 
 
 def _train(data, condition_key, out, cell_type_key, exclude, layer, backed, image_size, settings, preset,

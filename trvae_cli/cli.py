@@ -282,7 +282,7 @@ TRAIN_SECTIONS = {
              "--beta --eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
                 "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
-                "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs --seeds",
+                "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs --seeds --validation",
     "Images only": "--image-size --arch --filters",
     "Batch job": "--checkpoint-every --resume --threads --strategy --log-format --quiet --force --help",
 }
@@ -443,6 +443,10 @@ def _options(*groups):
               help="First hold out each cell type in turn (trvae validate, same settings; needs --cell-type-key, "
                    "--from, --to), then train the model on everything; the result lands in OUT/validation/, and "
                    "trvae transform --decode auto uses it.")
+@cells_option("--validation", "validation_dir", default=None, metavar="DIR",
+              help="Attach this existing validation (trvae validate --out, e.g. the one trvae compare "
+                   "recommended) to the model, in OUT/validation/, for --decode auto; it must have been trained with "
+                   "these settings (the seed aside), checked before training.")
 @cells_option("--from", "source", default=None, metavar="CONDITION",
               help="With --validate: the condition predicted from.")
 @cells_option("--to", "target", default=None, metavar="CONDITION", help="With --validate: the condition predicted.")
@@ -471,14 +475,16 @@ def _options(*groups):
 @click.option("--force", is_flag=True, help="Overwrite an existing model directory.")
 @click.pass_context
 def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, layer, quiet, force, preset,
-          checkpoint_every, resume, threads, log_format, backed, strategy, validate_first, source, target,
-          cell_types, decodes, n_degs, n_subsamples, jobs, seeds, **opts):
+          checkpoint_every, resume, threads, log_format, backed, strategy, validate_first, validation_dir, source,
+          target, cell_types, decodes, n_degs, n_subsamples, jobs, seeds, **opts):
     """Train trVAE on DATA (.h5ad, or an image folder / CSV manifest) and write a model directory."""
     from . import api
 
     options = RunOptions(progress="none" if quiet else log_format, checkpoint_every=checkpoint_every,
                          resume=resume, threads=threads, strategy=strategy, force=force,
                          command=lambda settings: _invocation(ctx, settings.to_dict(), kind=_input_kind(data)))
+    if validate_first and validation_dir is not None:
+        raise TrvaeError("--validate makes a new validation and --validation attaches an existing one: give one")
     if validate_first:
         from .validate import DEFAULT_DECODES, train_with_validation
 
@@ -498,11 +504,13 @@ def train(ctx, data, condition_key, out, cell_type_key, exclude, image_size, lay
             raise TrvaeError(f"{', '.join(given)} only apply with --validate")
         path = api.train(data, condition_key, out, cell_type_key=cell_type_key, exclude=exclude, layer=layer,
                          backed=backed, image_size=image_size, settings=_given_settings(ctx, opts), preset=preset,
-                         options=options)
+                         options=options, validation=validation_dir)
     if path is None:     # a multi-worker run's other workers: the chief wrote the model
         return
     if not quiet:
-        _err(f"model written to {path}" + (f" (its validation: {path}/validation/)" if validate_first else ""))
+        _err(f"model written to {path}" + (f" (its validation: {path}/validation/)" if validate_first
+                                           else f" (its validation: {path}/validation/, from {validation_dir})"
+                                           if validation_dir else ""))
     click.echo(str(path))
 
 
@@ -560,6 +568,34 @@ def validate_command(ctx, data, condition_key, cell_type_key, source, target, la
                       force=force, log=None if quiet else _err, command=_invocation(ctx))
     for path in report["outputs"]:
         click.echo(path)
+
+
+COMPARE_SECTIONS = {"Input": "VALIDATIONS", "Output": "--out --force --help"}
+
+
+@main.command(name="compare", cls=SectionedCommand, sections=COMPARE_SECTIONS,
+              short_help="Compare the validations of other training settings on the same data: which settings to "
+                         "train with.")
+@click.argument("validations", nargs=-1, required=True, type=click.Path(path_type=str), cls=DescribedArgument,
+                help="Two or more validation folders (trvae validate --out, or a model directory of train "
+                     "--validate), of the same data, --from/--to and folds; the first is the baseline.")
+@click.option("--out", "-o", default=None, metavar="DIR", help="Also write DIR/comparison.json, .md and .csv.")
+@click.option("--force", is_flag=True, help="Replace a comparison folder trvae wrote.")
+@click.pass_context
+def compare_command(ctx, validations, out, force):
+    """Score each validation's setting as a new cell type would be served by it (per fold, the average of
+    the DEG-mean and DEG-variance R² of the decode its rule gives that fold from the other folds), pair
+    each with the first, fold by fold, and print one line per setting and the recommendation: the best
+    setting only when it leads the baseline by more than twice the standard error of the paired
+    differences, else the baseline. Trains nothing.
+    """
+    from .compare import compare
+
+    report = compare(validations, out, force=force, command=_invocation(ctx))
+    for line in report["verdict"]:
+        click.echo(line)
+    for path in report.get("outputs", []):
+        _err(f"written: {path}")
 
 
 _model_option = click.option("--model", "model_dir", default="trvae_model", show_default=True, metavar="DIR",

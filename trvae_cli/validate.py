@@ -642,6 +642,40 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
     return path
 
 
+def check_attachable(validation: str | Path, settings=None, preset: str | None = None) -> dict:
+    """The validation report of folder ``validation`` (``trvae validate --out``, or a model directory of
+    ``train --validate``) if it was trained with these settings (the seed aside), else a one-line error
+    naming the settings that differ: what ``trvae train --validation DIR`` checks before training."""
+    from .compare import read_validation
+
+    report = read_validation(validation)
+    want, have = _unseeded(_resolve(settings, preset).to_dict()), _unseeded(report.get("training"))
+    if want != have:
+        diff = [f"{k}: {json.dumps((have or {}).get(k))} (validated) vs {json.dumps(want.get(k))} (now)"
+                for k in want if (have or {}).get(k) != want.get(k)]
+        raise TrvaeError(f"--validation {validation} was trained with other settings ({'; '.join(diff[:3])}"
+                         + (f" and {len(diff) - 3} more" if len(diff) > 3 else "") + "): train with its settings, "
+                         "or validate these")
+    return report
+
+
+def attach_validation(validation: str | Path, model_dir: str | Path) -> Path:
+    """Copy a validation's reports and fold files into ``MODEL_DIR/validation/`` (what ``--decode auto``
+    reads), whole or not at all; an existing ``validation/`` of the model is replaced."""
+    from .compare import read_validation
+    from .outputs import staged
+
+    src = Path(read_validation(validation)["path"])
+    dest = Path(model_dir) / VALIDATION_DIR
+    with staged(dest, directory=True) as tmp:
+        for name in REPORT_NAMES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        if (src / "folds").is_dir():
+            shutil.copytree(src / "folds", tmp / "folds")
+    return dest
+
+
 def _unseeded(training) -> dict | None:
     """Training settings without the seed: a validation at other seeds (``--seeds``) still applies."""
     return {k: v for k, v in training.items() if k != "seed"} if isinstance(training, dict) else None
