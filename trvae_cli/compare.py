@@ -122,10 +122,6 @@ def _task(report: dict) -> dict:
     return {k: s.get(k) for k in SAME_TASK}
 
 
-def _unseeded(training: dict) -> dict:
-    return {k: v for k, v in (training or {}).items() if k != "seed"}
-
-
 def _seeds(report: dict) -> list:
     """The seeds a validation trained each fold at (``--seeds``, else its one ``--seed``)."""
     s = report["settings"]
@@ -134,7 +130,9 @@ def _seeds(report: dict) -> list:
 
 def setting_differences(base: dict, other: dict) -> list[str]:
     """``key: base -> other`` for every training setting (and the seeds) that differ."""
-    a, b = _unseeded(base.get("training")), _unseeded(other.get("training"))
+    from .validate import unseeded
+
+    a, b = unseeded(base.get("training")) or {}, unseeded(other.get("training")) or {}
     out = [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in [*a, *(k for k in b if k not in a)]
            if a.get(k) != b.get(k)]
     seeds_a, seeds_b = _seeds(base), _seeds(other)

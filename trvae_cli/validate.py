@@ -649,7 +649,7 @@ def check_attachable(validation: str | Path, settings=None, preset: str | None =
     from .compare import read_validation
 
     report = read_validation(validation)
-    want, have = _unseeded(_resolve(settings, preset).to_dict()), _unseeded(report.get("training"))
+    want, have = unseeded(_resolve(settings, preset).to_dict()), unseeded(report.get("training"))
     if want != have:
         diff = [f"{k}: {json.dumps((have or {}).get(k))} (validated) vs {json.dumps(want.get(k))} (now)"
                 for k in want if (have or {}).get(k) != want.get(k)]
@@ -676,7 +676,7 @@ def attach_validation(validation: str | Path, model_dir: str | Path) -> Path:
     return dest
 
 
-def _unseeded(training) -> dict | None:
+def unseeded(training) -> dict | None:
     """Training settings without the seed: a validation at other seeds (``--seeds``) still applies."""
     return {k: v for k, v in training.items() if k != "seed"} if isinstance(training, dict) else None
 
@@ -710,7 +710,7 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     s = v.get("settings", {})
     if (s.get("from"), s.get("to")) != (source, target):
         return fallback(f"the validation predicted {s.get('from')} -> {s.get('to')}, not {source} -> {target}")
-    if _unseeded(v.get("training")) != _unseeded(cfg.get("training")):
+    if unseeded(v.get("training")) != unseeded(cfg.get("training")):
         return fallback("the validation's training settings are not the model's")
     c = v["chosen_decode"]
     choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
