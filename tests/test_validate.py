@@ -479,6 +479,10 @@ def test_train_attaches_an_existing_validation_of_its_settings(run, partial_data
     assert not other.exists()
     assert_user_error(invoke("train", partial_data, *KEYS, *TINY, "--validation", tmp_path, "--out", other),
                       "no validation result")
+    copy = tmp_path / "copy.h5ad"
+    shutil.copy(partial_data, copy)                         # the same cells, another file: not what was validated
+    assert_user_error(invoke("train", copy, *KEYS, *TINY, "--validation", run[0], "--out", other),
+                      "another data file")
     assert_user_error(invoke("train", partial_data, *TASK, *TINY, "--validate", "--validation", run[0], "--out", other),
                       "give one")
     assert not other.exists()

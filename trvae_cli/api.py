@@ -91,7 +91,7 @@ def train(
     validation
         Cells: an existing validation folder (``trvae validate``'s ``out``, or a validated model
         directory) to attach as ``OUT/validation/`` for ``transform --decode auto``. It must have
-        been trained with these settings, the seed aside; that is checked before training.
+        validated this data file with these settings, the seed aside; that is checked before training.
 
     Returns
     -------
@@ -119,7 +119,7 @@ def train(
 
         if looks_like_images(data):
             raise TrvaeError("--validation holds a validation of held-out cell types; it does not apply to images")
-        check_attachable(validation, settings, preset)
+        check_attachable(validation, settings, preset, data)
     # one writer per output (the chief alone writes a multi-worker run's; its lock would bar the others)
     with claim(out) if o.strategy != "multiworker" else nullcontext(), \
             Signals(enabled=o.strategy != "multiworker") as signals:

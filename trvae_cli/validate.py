@@ -642,13 +642,19 @@ def train_with_validation(data, condition_key: str, out: str | Path, *, cell_typ
     return path
 
 
-def check_attachable(validation: str | Path, settings=None, preset: str | None = None) -> dict:
+def check_attachable(validation: str | Path, settings=None, preset: str | None = None, data=None) -> dict:
     """The validation report of folder ``validation`` (``trvae validate --out``, or a model directory of
-    ``train --validate``) if it was trained with these settings (the seed aside), else a one-line error
-    naming the settings that differ: what ``trvae train --validation DIR`` checks before training."""
+    ``train --validate``) if it validated ``data`` (a path; in-memory data are not checked) with these
+    settings (the seed aside), else a one-line error naming what differs: what ``trvae train
+    --validation DIR`` checks before training."""
     from .compare import read_validation
 
     report = read_validation(validation)
+    if isinstance(data, (str, Path)):
+        recorded = Path(report["settings"].get("data", ""))
+        same = recorded.is_file() and Path(data).is_file() and os.path.samefile(recorded, data)
+        if not same:
+            raise TrvaeError(f"--validation {validation} validated another data file ({recorded}), not {data}")
     want, have = unseeded(_resolve(settings, preset).to_dict()), unseeded(report.get("training"))
     if want != have:
         diff = [f"{k}: {json.dumps((have or {}).get(k))} (validated) vs {json.dumps(want.get(k))} (now)"
