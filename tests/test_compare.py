@@ -110,6 +110,11 @@ def test_the_baseline_stays_unless_the_lead_exceeds_two_standard_errors(tmp_path
     # a worse one: the baseline scores highest
     worse = write_validation(tmp_path / "worse", _even([0.70, 0.60, 0.65, 0.50]), _rules(), training={"dropout": 0.0})
     assert C.compare([base, worse])["recommended"]["why"] == "the baseline scores highest"
+    # a baseline undefined on every fold: nothing to pair, the baseline stays, said
+    blank = write_validation(tmp_path / "blank", _even([np.nan] * 4), _rules())
+    report = C.compare([blank, clear])
+    assert report["settings"][0]["score"] is None and report["settings"][1]["against_baseline"]["n"] == 0
+    assert report["recommended"]["label"] == "#0 blank" and "no fold scores both" in report["recommended"]["why"]
 
 
 def test_a_model_directory_is_read_through_its_validation_folder(tmp_path):

@@ -213,7 +213,9 @@ def _recommend(settings: list[dict]) -> dict:
     if best is base:
         return pick(base, "the baseline scores highest")
     lead = best["against_baseline"]
-    if lead["se"] is not None and lead["mean"] is not None and lead["mean"] > SE_MULTIPLE * lead["se"]:
+    if lead["mean"] is None:
+        return pick(base, f"no fold scores both the baseline and {best['label']}")
+    if lead["se"] is not None and lead["mean"] > SE_MULTIPLE * lead["se"]:
         return pick(best, f"it leads the baseline by {lead['mean']:+.3f}, more than {SE_MULTIPLE:g} standard errors "
                           f"({lead['se']:.3f}) over {lead['n']} folds")
     se = f"{lead['se']:.3f}" if lead["se"] is not None else "undefined"
