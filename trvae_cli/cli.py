@@ -579,7 +579,7 @@ COMPARE_SECTIONS = {"Input": "VALIDATIONS", "Output": "--out --force --help"}
 @click.argument("validations", nargs=-1, required=True, type=click.Path(path_type=str), cls=DescribedArgument,
                 help="Two or more validation folders (trvae validate --out, or a model directory of train "
                      "--validate), of the same data, --from/--to and folds; the first is the baseline.")
-@click.option("--out", "-o", default=None, metavar="DIR", help="Also write DIR/comparison.json, .md and .csv.")
+@click.option("--out", "-o", default=None, metavar="DIR", help="Also write DIR/comparison.json, .md, .csv and .png.")
 @click.option("--force", is_flag=True, help="Replace a comparison folder trvae wrote.")
 @click.pass_context
 def compare_command(ctx, validations, out, force):

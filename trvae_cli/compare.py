@@ -34,7 +34,7 @@ from .validation_report import DATA_SET_RULE, NEAREST_RULE, entry_value
 
 FORMAT = "trvae-comparison"
 FORMAT_VERSION = 1
-REPORT_NAMES = ("comparison.json", "comparison.md", "comparison.csv")
+REPORT_NAMES = ("comparison.json", "comparison.md", "comparison.csv", "comparison.png")
 #: what must be equal for two validations to be compared (their training settings are what differs)
 SAME_TASK = ("data", "data_bytes", "condition_key", "cell_type_key", "from", "to", "exclude", "layer", "backed",
              "n_degs", "n_subsamples")
@@ -148,7 +148,7 @@ def _label(report: dict, i: int) -> str:
 def compare(paths: Sequence[str | Path], out: str | Path | None = None, *, force: bool = False,
             log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
     """Compare the validations in ``paths`` (the first is the baseline); returns the report, also written
-    to ``out`` (``comparison.json``, ``.md``, ``.csv``) when given. Its ``verdict`` is a list of lines.
+    to ``out`` (``comparison.json``, ``.md``, ``.csv``, ``.png``) when given. Its ``verdict`` is a list of lines.
 
     Examples
     --------
@@ -291,12 +291,46 @@ def _csv(report: dict) -> str:
     return buf.getvalue()
 
 
+def comparison_figure(report: dict):
+    """Each setting's score per fold (the decode its rule gives the fold from the other folds), one line per
+    setting, the baseline in black; the legend gives each mean. A matplotlib Figure (headless)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .plotting.figures import PALETTE
+
+    folds = report["folds"]
+    fig = Figure(figsize=(max(6.0, 1.8 + 0.9 * len(folds)), 3.4 + 0.18 * len(report["settings"])),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    x = np.arange(len(folds))
+    for i, s in enumerate(report["settings"]):
+        ys = np.array([np.nan if r["criterion"] is None else r["criterion"] for r in s["folds"]], float)
+        color = "black" if i == 0 else PALETTE[(i - 1) % len(PALETTE)]
+        what = "baseline" if i == 0 else "; ".join(s["differences"]) or "the same settings"
+        ax.plot(x, ys, marker="o" if i == 0 else "D^vs<>"[(i - 1) % 6], color=color, lw=1.6 if i == 0 else 1.0,
+                ms=5, label=f"{s['label']} ({what}): {_f(s['score'])}")
+    ax.set_xticks(x, folds, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("(R² DEG means + R² DEG vars) / 2", fontsize=8)
+    ax.set_xlabel("held-out cell type", fontsize=8)
+    ax.grid(axis="y", lw=0.4, alpha=0.5)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, frameon=False, loc="outside lower center")
+    t = report["task"]
+    fig.suptitle(f"each setting scored on the folds of its validation ({t['from']} → {t['to']}); "
+                 f"recommended: {report['recommended']['label']}", fontsize=9)
+    return fig
+
+
 def _write(out: Path, report: dict) -> list[Path]:
-    """comparison.json, .md and .csv into ``out``: all of them or none (a new folder, or ours replaced)."""
+    """comparison.json, .md, .csv and .png into ``out``: all of them or none (a new folder, or ours replaced)."""
     from .outputs import write_files
     from .report import report_json
 
     out.mkdir(parents=True, exist_ok=True)
     texts = {"comparison.json": report_json(report), "comparison.md": _markdown(report), "comparison.csv": _csv(report)}
-    return write_files({out / name: (lambda text: lambda tmp: tmp.write_text(text))(text)
-                        for name, text in texts.items()})
+    writers = {out / name: (lambda text: lambda tmp: tmp.write_text(text))(text) for name, text in texts.items()}
+    fig = comparison_figure(report)
+    writers[out / "comparison.png"] = lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight",
+                                                              metadata={"Software": "trvae"})
+    return write_files(writers)
