@@ -151,6 +151,7 @@ def test_cli_prints_the_verdict_and_writes_all_three_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(C.REPORT_NAMES)
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["format"] == C.FORMAT and saved["verdict"] == lines and saved["command"].startswith("trvae compare")
+    assert saved["versions"]["trvae"] and set(saved["versions"]["validations"]) == {"#0 base", "#1 other"}
     rows = (out / "comparison.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * len(FOLDS) and rows[0].startswith("setting,path,cell_type,decode,criterion")
     assert "| **mean** | 0.713 | 0.730 |" in (out / "comparison.md").read_text()

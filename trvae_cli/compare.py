@@ -25,7 +25,7 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def _label(report: dict, i: int) -> str:
 
 
 def compare(paths: Sequence[str | Path], out: str | Path | None = None, *, force: bool = False,
-            log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
+            command: str | None = None) -> dict:
     """Compare the validations in ``paths`` (the first is the baseline); returns the report, also written
     to ``out`` (``comparison.json``, ``.md``, ``.csv``, ``.png``) when given. Its ``verdict`` is a list of lines.
 
@@ -196,6 +196,11 @@ def compare(paths: Sequence[str | Path], out: str | Path | None = None, *, force
               "task": _task(base), "folds": base_folds, "criterion": CRITERION, "se_multiple": SE_MULTIPLE,
               "settings": settings, "recommended": recommended}
     report["verdict"] = _verdict(report)
+    from .evaluation import analysis_versions
+
+    report["versions"] = {**analysis_versions(),
+                          "validations": {s["label"]: (r.get("versions") or {}).get("trvae") for s, r in
+                                          zip(settings, reports)}}
     if out is not None:
         report["outputs"] = [str(p) for p in _write(Path(out), report)]
     return report
