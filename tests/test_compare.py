@@ -102,6 +102,7 @@ def test_the_baseline_stays_unless_the_lead_exceeds_two_standard_errors(tmp_path
     assert lead["mean"] == pytest.approx(0.0325) and lead["wins"] == 4
     assert report["recommended"]["label"] == "#2 clear" and "more than 2 standard errors" in report["recommended"]["why"]
     assert report["recommended"]["training"]["dropout"] == 0.2 and report["recommended"]["path"] == str(clear)
+    assert report["verdict"][1].endswith(": not distinguishable") and report["verdict"][2].endswith(": better beyond 2 se")
     assert report["verdict"][-1].startswith("recommended: #2 clear")
     # the noisy one alone: a higher mean, but within 2 standard errors of the paired differences
     report = C.compare([base, noisy])
@@ -109,7 +110,8 @@ def test_the_baseline_stays_unless_the_lead_exceeds_two_standard_errors(tmp_path
     assert report["recommended"]["label"] == "#0 base" and "not distinguishable" in report["recommended"]["why"]
     # a worse one: the baseline scores highest
     worse = write_validation(tmp_path / "worse", _even([0.70, 0.60, 0.65, 0.50]), _rules(), training={"dropout": 0.0})
-    assert C.compare([base, worse])["recommended"]["why"] == "the baseline scores highest"
+    report = C.compare([base, worse])
+    assert report["recommended"]["why"] == "the baseline scores highest" and report["verdict"][1].endswith("worse beyond 2 se")
     # a baseline undefined on every fold: nothing to pair, the baseline stays, said
     blank = write_validation(tmp_path / "blank", _even([np.nan] * 4), _rules())
     report = C.compare([blank, clear])

@@ -232,6 +232,15 @@ def _f(v, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def judgement(lead: dict) -> str:
+    """A paired comparison in words: beyond :data:`SE_MULTIPLE` standard errors either way, or not."""
+    if lead["mean"] is None or lead["se"] is None:
+        return "not comparable"
+    if abs(lead["mean"]) > SE_MULTIPLE * lead["se"]:
+        return f"{'better' if lead['mean'] > 0 else 'worse'} beyond {SE_MULTIPLE:g} se"
+    return "not distinguishable"
+
+
 def _verdict(report: dict) -> list[str]:
     k = len(report["folds"])
     lines = []
@@ -245,7 +254,8 @@ def _verdict(report: dict) -> list[str]:
             p = f", sign test p = {a['sign_test_p']:.2f}" if a["sign_test_p"] is not None else ""
             se = f" ± {a['se']:.3f}" if a["se"] is not None else ""
             diff = "—" if a["mean"] is None else f"{a['mean']:+.3f}"
-            line += f"; against the baseline {diff}{se} (se), better on {a['wins']} of {a['n']} folds{p}"
+            line += (f"; against the baseline {diff}{se} (se), better on {a['wins']} of {a['n']} folds{p}: "
+                     f"{judgement(a)}")
         lines.append(line)
     rec = report["recommended"]
     lines.append(f"recommended: {rec['label']}: {rec['why']}")
