@@ -43,7 +43,9 @@ def test_backend_trains_reproducibly_checkpoints_and_transforms(backend, tmp_pat
     a, b, pred_path = tmp_path / "a", tmp_path / "b", tmp_path / "pred.h5ad"
     calls = [[*TRAIN, "--out", str(a), "--checkpoint-every", "1"], [*TRAIN, "--out", str(b)],
              ["transform", "--model", str(a), "--from", "control", "--to", "stimulated", "--cell-type", "B",
-              "--out", str(pred_path), "-q"]]
+              "--out", str(pred_path), "-q"],
+             # eager steps (NumPy batches reach the model's call un-converted)
+             [*TRAIN[:-6], "--epochs", "1", "--no-jit", "--out", str(tmp_path / "eager")]]
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(calls)], capture_output=True, text=True,
                           timeout=400, env={**os.environ, "KERAS_BACKEND": backend})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,6 +54,14 @@ def test_backend_trains_reproducibly_checkpoints_and_transforms(backend, tmp_pat
     assert [e["epoch"] for e in events if e["event"] == "checkpoint"] == [1, 2, 3]
     config = json.loads((a / "config.json").read_text())
     assert config["versions"]["backend"] == backend
+    if backend == "jax":   # the YNNPACK work-around reached XLA where this jaxlib needs it, and is recorded
+        from importlib.metadata import version
+
+        from trvae_cli.backend import xla_flags_for_jax
+
+        expected = xla_flags_for_jax(version("jaxlib"), os.environ.get("XLA_FLAGS", ""))
+        assert config["versions"].get("xla_flags", "") == expected
+    assert (tmp_path / "eager" / "model.keras").exists()
     # same seed, same weights (this backend, CPU)
     assert config["result"]["weights_sha256"] == json.loads((b / "config.json").read_text())["result"]["weights_sha256"]
     losses = [float(row["loss"]) for row in csv.DictReader(open(a / "history.csv"))]
@@ -60,3 +70,16 @@ def test_backend_trains_reproducibly_checkpoints_and_transforms(backend, tmp_pat
     pred = ad.read_h5ad(pred_path)
     assert pred.n_obs > 0 and np.isfinite(dense(pred.X)).all()
     assert pred.uns["trvae"]["versions"]["backend"] == backend
+
+
+def test_xla_flags_for_jax_adds_the_ynn_work_around_only_where_it_applies():
+    from trvae_cli.backend import YNN_REDUCE_OFF, xla_flags_for_jax
+
+    for affected in ("0.10.2", "0.11.0", "0.10.2rc1", "1.0"):
+        assert xla_flags_for_jax(affected, "") == YNN_REDUCE_OFF
+    assert xla_flags_for_jax("0.10.2", "--xla_force_host_platform_device_count=2") == (
+        "--xla_force_host_platform_device_count=2 " + YNN_REDUCE_OFF)
+    for unaffected in ("0.10.1", "0.4.38", "garbage", "", None):   # older jaxlibs reject unknown flags
+        assert xla_flags_for_jax(unaffected, "--a=1") == "--a=1"
+    mine = "--xla_cpu_experimental_ynn_fusion_type="   # the user's own choice stands
+    assert xla_flags_for_jax("0.11.0", mine) == mine

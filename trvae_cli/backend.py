@@ -11,6 +11,7 @@ import importlib.abc
 import importlib.util
 import os
 import platform
+import re
 import sys
 from contextlib import contextmanager, nullcontext
 
@@ -124,6 +125,40 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+#: XLA:CPU flag that keeps reductions out of YNNPACK fusions. jaxlib 0.10.2 and 0.11.0 crash (SIGSEGV in
+#: ``YnnFusionThunk``/slinky, jax-ml/jax#39257 and #40412) executing some of them; trvae's training
+#: step on Kang (6,998 genes, batches of 448) is one: the first step died under ``KERAS_BACKEND=jax``
+#: at the default batch size, and ran with this flag (same loss curve; ``benchmarks/README.md``,
+#: fourteenth session). The flag exists from the YNNPACK-enabled jaxlib 0.10.2 on; older jaxlibs
+#: would reject an unknown flag, so it is set only there.
+YNN_REDUCE_OFF = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+
+
+def xla_flags_for_jax(jaxlib_version: str | None, flags: str) -> str:
+    """``XLA_FLAGS`` to run trvae under JAX with: ``flags`` (the user's) plus :data:`YNN_REDUCE_OFF`
+    where the installed jaxlib has YNNPACK fusions, unless the user set the YNN fusion types
+    themselves."""
+    if not jaxlib_version or "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return flags
+    release = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", jaxlib_version)
+    if release is None or tuple(int(n or 0) for n in release.groups()) < (0, 10, 2):
+        return flags
+    return f"{flags} {YNN_REDUCE_OFF}".strip()
+
+
+def _prepare_jax() -> None:
+    """Before JAX loads (its XLA client reads ``XLA_FLAGS`` once): the YNNPACK work-around."""
+    if "jax" in sys.modules or "jaxlib" in sys.modules:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("jaxlib")
+    except PackageNotFoundError:
+        return
+    os.environ["XLA_FLAGS"] = xla_flags_for_jax(installed, os.environ.get("XLA_FLAGS", ""))
+
+
 def keras_module(threads: int | None = None):
     """Import Keras (TensorFlow backend unless KERAS_BACKEND says otherwise), quietly.
 
@@ -138,6 +173,8 @@ def keras_module(threads: int | None = None):
         return keras
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if os.environ["KERAS_BACKEND"] == "jax":
+        _prepare_jax()
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -191,4 +228,5 @@ def versions() -> dict:
         "numpy": numpy.__version__,
         "anndata": version("anndata"),
         "python": platform.python_version(),
+        **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),
     }

@@ -175,6 +175,7 @@ class TRVAE(keras.Model):
 
     def call(self, inputs, training=False):
         x, condition = inputs
+        x = ops.convert_to_tensor(x)   # un-jitted JAX steps get NumPy batches; Keras will not mix them with arrays
         c = self.onehot(condition)
         z_mean, z_log_var = self.encoder([x, c], training=training)
         z = self.sampling([z_mean, z_log_var])
