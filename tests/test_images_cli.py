@@ -88,6 +88,7 @@ def test_image_user_errors(image_tree, image_model, tmp_path):
                       "divisible")
     assert_user_error(invoke("train", image_tree, "--image-size", "big", "--out", out, *TINY), "--image-size")
     assert_user_error(invoke("train", image_tree, "--norm", "layer", "--out", out, *TINY), "--norm layer")
+    assert_user_error(invoke("train", image_tree, "--encoder-hidden", "8", "--out", out, *TINY), "--encoder-hidden")
     assert not out.exists()
     pred = tmp_path / "p"
     assert_user_error(invoke("transform", "--model", image_model, "--data", image_tree, "--from", "tiny",

@@ -333,3 +333,23 @@ def test_models_saved_with_keras_dropout_load_into_todays_layers(tmp_path, monke
         assert np.array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b)), a.path
     want = old.decode(old.encode(x, codes)[0], codes)[0]
     assert np.array_equal(back.decode(back.encode(x, codes)[0], codes)[0], want)
+
+
+def test_encoder_hidden_narrows_the_encoder_alone_and_saves(tmp_path):
+    """``encoder_hidden``: the encoder's layers take those sizes; the decoder still mirrors ``hidden``.
+    A model file without the key (written before the option) loads as a mirrored network."""
+    m = TRVAE(12, 2, encoder_hidden=(4,), **SMALL)
+    assert m.encoder.get_layer("encoder_0_dense").get_weights()[0].shape == (12 + 2, 4)
+    assert m.encoder.get_layer("encoder_1_dense").get_weights()[0].shape == (4, SMALL["mmd_dim"])
+    assert m.decoder.get_layer("decoder_0_dense").get_weights()[0].shape == (SMALL["mmd_dim"], SMALL["hidden"][0])
+    assert m.decoder.get_layer("reconstruction").get_weights()[0].shape == (SMALL["hidden"][0], 12)
+    mirrored = TRVAE(12, 2, **SMALL)
+    n_weights = lambda model: sum(int(np.prod(w.shape)) for w in model.weights)
+    assert n_weights(mirrored) - n_weights(m) == (12 + 2) * (16 - 4) + (16 - 4) * SMALL["mmd_dim"] + 4 * (16 - 4)
+    m.save(tmp_path / "narrow.keras")
+    loaded = keras.saving.load_model(tmp_path / "narrow.keras", safe_mode=True, compile=False)
+    assert loaded.get_config()["encoder_hidden"] == [4] and loaded.get_config() == m.get_config()
+    legacy = {k: v for k, v in mirrored.get_config().items() if k != "encoder_hidden"}
+    assert TRVAE.from_config(legacy).encoder.get_layer("encoder_0_dense").get_weights()[0].shape == (14, 16)
+    with pytest.raises(ValueError, match="--encoder-hidden sizes must be >= 1"):
+        TRVAE(12, 2, encoder_hidden=(0,), **SMALL)

@@ -146,3 +146,15 @@ def test_each_input_kind_has_its_own_mmd_width_and_kl_weight_and_an_explicit_one
     assert resolve_settings(input_defaults=CellSource.input_defaults).alpha == 0.03
     assert resolve_settings(input_defaults=ImageSource.input_defaults).alpha == 1e-4
     assert resolve_settings(input_defaults=ImageSource.input_defaults, given={"alpha": 0.5}).alpha == 0.5
+
+
+def test_a_width_given_alone_sets_the_encoder_too():
+    """``hidden`` set by a preset or the user without ``encoder_hidden`` widens the whole network;
+    ``encoder_hidden`` given with it (or later) keeps its own sizes."""
+    from trvae_cli.config import resolve_settings
+
+    assert resolve_settings(given={"hidden": [64]}).encoder_sizes == (64,)
+    assert resolve_settings(given={"encoder_hidden": [16]}).encoder_sizes == (16,)
+    assert resolve_settings(given={"hidden": [64], "encoder_hidden": [16]}).encoder_sizes == (16,)
+    assert resolve_settings(preset="scgen").encoder_sizes == (800,)
+    assert resolve_settings(preset="scgen", given={"encoder_hidden": [32]}).encoder_sizes == (32,)

@@ -200,7 +200,7 @@ def _model_bytes(example_shape, s: TrainSettings) -> int:
     import math
 
     features = math.prod(example_shape)
-    widths = [*s.hidden, s.mmd_dim] if s.arch == "mlp" else [s.mmd_dim, *s.filters]
+    widths = [*s.hidden, *s.encoder_sizes, s.mmd_dim] if s.arch == "mlp" else [s.mmd_dim, *s.filters]
     return 3 * 4 * 2 * features * max(widths) + (1 << 20)
 
 

@@ -278,7 +278,7 @@ def _image_size(ctx, param, text):
 
 TRAIN_SECTIONS = {
     "Data": "DATA --condition --cell-type-key --exclude --layer --backed --out",
-    "Model": "--preset --hidden --mmd-dim --latent-dim --mmd-on --condition-injection --norm --conditional --alpha "
+    "Model": "--preset --hidden --encoder-hidden --mmd-dim --latent-dim --mmd-on --condition-injection --norm --conditional --alpha "
              "--beta --eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
                 "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
@@ -356,7 +356,11 @@ MODEL_OPTIONS = (
                  "(scGen's VAE, predictions by latent arithmetic). Options given explicitly win."),
     click.option("--hidden", callback=_int_list, default=",".join(map(str, D.hidden)), show_default=True,
                  metavar="SIZES",
-                 help="Hidden layer sizes of the encoder (the decoder mirrors them)."),
+                 help="Hidden layer sizes of the decoder after its MMD layer (mirrored) and, unless "
+                      "--encoder-hidden is given, of the encoder."),
+    cells_option("--encoder-hidden", callback=_int_list, default=None, metavar="SIZES",
+                 help="Hidden layer sizes of the encoder alone [default: those of --hidden]. A narrower encoder "
+                      "halves the cost of its gene-wide layer (cells only)."),
     click.option("--mmd-dim", type=click.IntRange(min=1), default=D.mmd_dim, show_default=True, metavar="N",
                  help="Width of the MMD layer (first decoder layer) and last encoder layer "
                       "(images: 32 unless given)."),

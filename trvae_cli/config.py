@@ -73,6 +73,8 @@ class ModelConfig:
     """The network and its loss weights: the arguments :class:`~trvae_cli.model.TRVAE` saves."""
 
     hidden: tuple[int, ...] = (128,)
+    #: the encoder's own hidden sizes (cells); None: those of ``hidden``, which the decoder mirrors
+    encoder_hidden: tuple[int, ...] | None = None
     mmd_dim: int = 128         # cells; images keep 32 (their input defaults, sources/images.py)
     latent_dim: int = 10
     dropout: float = 0.1       # cells; images keep 0 (their input defaults, sources/images.py)
@@ -94,6 +96,11 @@ class ModelConfig:
             (self.latent_dim >= 1 and self.mmd_dim >= 1, "--latent-dim and --mmd-dim must be >= 1"),
             (len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
              f"--hidden sizes must be >= 1, got {list(self.hidden)}"),
+            (self.encoder_hidden is None or (len(self.encoder_hidden) >= 1 and all(h >= 1 for h in self.encoder_hidden)),
+             f"--encoder-hidden sizes must be >= 1, got {_plain(self.encoder_hidden)}"),
+            (self.arch == "mlp" or self.encoder_hidden is None,
+             f"--encoder-hidden is for the dense network of cells; the image networks (--arch {self.arch}) use "
+             "--filters"),
             (len(self.filters) >= 1 and all(f >= 1 for f in self.filters),
              f"--filters must be >= 1, got {list(self.filters)}"),
             (_finite(self.dropout) and 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
@@ -110,6 +117,11 @@ class ModelConfig:
              f"{self.eta}"),
             (int(self.seed) == self.seed and 0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
         ])
+
+    @property
+    def encoder_sizes(self) -> tuple[int, ...]:
+        """The encoder's hidden sizes: ``encoder_hidden``, else ``hidden``."""
+        return self.hidden if self.encoder_hidden is None else self.encoder_hidden
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(ModelConfig)}
@@ -228,14 +240,18 @@ def resolve_settings(settings: TrainSettings | None = None, *, preset: str | Non
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if settings is not None:
-        base = asdict(settings)
+        layers = [asdict(settings)]
         if preset is not None:
             raise ConfigError("give settings or a preset, not both")
     else:
-        base = {**dict(input_defaults or {}), **PRESETS[preset or "trvae"]}
-    merged = {**base, **given}
-    for key in ("hidden", "filters"):
-        if key in merged:
+        layers = [dict(input_defaults or {}), PRESETS[preset or "trvae"]]
+    merged = {}
+    for layer in (*layers, given):
+        merged.update(layer)
+        if "hidden" in layer and "encoder_hidden" not in layer:
+            merged["encoder_hidden"] = None   # a width set alone sets the whole network's (the encoder follows)
+    for key in ("hidden", "filters", "encoder_hidden"):
+        if merged.get(key) is not None:
             merged[key] = tuple(int(v) for v in merged[key])
     return TrainSettings(**merged).validate()
 

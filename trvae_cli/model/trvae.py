@@ -8,9 +8,12 @@ transforms by latent arithmetic instead (see :mod:`trvae_cli.arithmetic` and :mo
 Network (seed section 3, Table 3; every size an option, defaults in
 :class:`~trvae_cli.config.ModelConfig`)::
 
-    encoder f([x, onehot(s)]): hidden... -> mmd_dim -> (z_mean, z_log_var)   (latent_dim)
+    encoder f([x, onehot(s)]): encoder_hidden... -> mmd_dim -> (z_mean, z_log_var)   (latent_dim)
     decoder g1([z, onehot(s)]): mmd_dim                  <- the MMD layer
             g2: reversed(hidden)... -> n_genes (ReLU or linear)
+
+``encoder_hidden`` defaults to ``hidden`` (a mirrored network, as in the paper); a narrower encoder
+halves the cost of its gene-wide layer without narrowing the decoder that makes the predictions.
 
 With ``condition_injection="all"`` every layer of g2 (and the output layer) takes
 ``[h, onehot(s)]`` instead of ``h``: the condition reaches the output past the MMD layer,
@@ -113,10 +116,12 @@ class TRVAE(keras.Model):
         condition_injection: str = _D.condition_injection,
         norm: str = _D.norm,
         sync_batchnorm: bool = False,
+        encoder_hidden=None,   # None: ``hidden`` (and so for model files written before the option)
         **kwargs,
     ):
         super().__init__(**kwargs)
-        ModelConfig(hidden=tuple(hidden), mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
+        ModelConfig(hidden=tuple(hidden), encoder_hidden=None if encoder_hidden is None else tuple(encoder_hidden),
+                    mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
                     output_activation=output_activation, mmd_on=mmd_on, conditional=conditional, alpha=alpha,
                     beta=beta, eta=eta, reconstruction=reconstruction, seed=0 if seed is None else seed, arch=arch,
                     filters=tuple(filters), condition_injection=condition_injection, norm=norm).validate()
@@ -128,6 +133,7 @@ class TRVAE(keras.Model):
         self.n_genes = int(n_genes) if image_shape is None else math.prod(self.image_shape)
         self.n_conditions = int(n_conditions)
         self.hidden = tuple(int(h) for h in hidden)
+        self.encoder_hidden = None if encoder_hidden is None else tuple(int(h) for h in encoder_hidden)
         self.mmd_dim = int(mmd_dim)
         self.latent_dim = int(latent_dim)
         self.dropout = float(dropout)
@@ -144,7 +150,7 @@ class TRVAE(keras.Model):
 
         if arch == "mlp":
             self.encoder = build_encoder(
-                self.n_genes, self.n_conditions, self.hidden, self.mmd_dim,
+                self.n_genes, self.n_conditions, self.encoder_hidden or self.hidden, self.mmd_dim,
                 self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm, norm,
             )
             self.decoder = build_decoder(
@@ -253,6 +259,7 @@ class TRVAE(keras.Model):
         config.update(n_genes=self.n_genes, n_conditions=self.n_conditions)
         config.update({name: getattr(self, name) for name in MODEL_FIELDS})
         config["hidden"] = list(self.hidden)
+        config["encoder_hidden"] = None if self.encoder_hidden is None else list(self.encoder_hidden)
         config["filters"] = list(self.filters)
         config["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return config
