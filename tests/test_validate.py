@@ -479,6 +479,17 @@ def test_train_attaches_an_existing_validation_of_its_settings(run, partial_data
     assert not other.exists()
     assert_user_error(invoke("train", partial_data, *KEYS, *TINY, "--validation", tmp_path, "--out", other),
                       "no validation result")
+    assert_user_error(invoke("train", partial_data, *KEYS, *TINY, "--encoder-hidden", "8", "--validation", run[0],
+                             "--out", other), "other settings", "encoder_hidden")
+    # a validation recorded before --encoder-hidden existed (no such key) is of the same, mirrored network
+    legacy = tmp_path / "legacy"
+    shutil.copytree(run[0], legacy)
+    recorded = json.loads((legacy / "validation.json").read_text())
+    assert recorded["training"].pop("encoder_hidden", "absent") is None
+    (legacy / "validation.json").write_text(json.dumps(recorded))
+    from trvae_cli.validate import check_attachable
+
+    assert check_attachable(legacy, settings=recorded["training"], data=partial_data)["training"] == recorded["training"]
     copy = tmp_path / "copy.h5ad"
     shutil.copy(partial_data, copy)                         # the same cells, another file: not what was validated
     assert_user_error(invoke("train", copy, *KEYS, *TINY, "--validation", run[0], "--out", other),

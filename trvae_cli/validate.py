@@ -475,7 +475,9 @@ def validate(
     compared = {"data": str(data_path), "data_bytes": data_path.stat().st_size, "condition_key": condition_key,
                 "cell_type_key": cell_type_key, "from": source, "to": target, "cell_types": plan.folds,
                 "exclude": list(exclude), "layer": layer, "backed": bool(backed), "decodes": decodes,
-                "n_degs": int(n_degs), "n_subsamples": int(n_subsamples), "training": resolved.to_dict()}
+                "n_degs": int(n_degs), "n_subsamples": int(n_subsamples),
+                # settings at None (a later setting's default) left out, so that older folders resume
+                "training": {k: v for k, v in resolved.to_dict().items() if v is not None}}
     if len(seeds) > 1:      # a one-seed folder keeps the settings it always had (and stays resumable)
         compared["seeds"] = seeds
     command = command or (f"trvae_cli.validate.validate({str(data)!r}, {condition_key!r}, {cell_type_key!r}, "
@@ -658,7 +660,7 @@ def check_attachable(validation: str | Path, settings=None, preset: str | None =
     want, have = unseeded(_resolve(settings, preset).to_dict()), unseeded(report.get("training"))
     if want != have:
         diff = [f"{k}: {json.dumps((have or {}).get(k))} (validated) vs {json.dumps(want.get(k))} (now)"
-                for k in want if (have or {}).get(k) != want.get(k)]
+                for k in [*want, *(k for k in (have or {}) if k not in want)] if (have or {}).get(k) != want.get(k)]
         raise TrvaeError(f"--validation {validation} was trained with other settings ({'; '.join(diff[:3])}"
                          + (f" and {len(diff) - 3} more" if len(diff) > 3 else "") + "): train with its settings, "
                          "or validate these")
@@ -683,8 +685,12 @@ def attach_validation(validation: str | Path, model_dir: str | Path) -> Path:
 
 
 def unseeded(training) -> dict | None:
-    """Training settings without the seed: a validation at other seeds (``--seeds``) still applies."""
-    return {k: v for k, v in training.items() if k != "seed"} if isinstance(training, dict) else None
+    """Training settings without the seed: a validation at other seeds (``--seeds``) still applies.
+    A setting at ``None`` is left out too: that is the default of a setting added later
+    (``encoder_hidden``), which an older record lacks, and both mean the same network."""
+    if not isinstance(training, dict):
+        return None
+    return {k: v for k, v in training.items() if k != "seed" and v is not None}
 
 
 def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str,
