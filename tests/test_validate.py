@@ -511,3 +511,16 @@ def test_train_attaches_an_existing_validation_of_its_settings(run, partial_data
                     validation=best["path"], options=RunOptions(progress="none"))
     assert json.loads((lib / "config.json").read_text())["training"] == best["training"]
     assert (lib / "validation" / "validation.json").is_file()
+
+
+def test_a_fold_recorded_before_a_setting_existed_still_counts_as_finished(tmp_path):
+    """A fold file lacking a setting that is ``None`` now (``encoder_hidden``, added later) is of the same
+    settings; one that differs in a value is not."""
+    compared = {"data": "/d.h5ad", "training": {"hidden": [128], "encoder_hidden": None, "seed": 0}}
+    units = V.fold_units(["T", "B"], [0])
+    for name, training in (("T", {"hidden": [128], "seed": 0}), ("B", {"hidden": [64], "seed": 0})):
+        path = V.fold_path(tmp_path, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format": V.FOLD_FORMAT, "cell_type": name, "seed": 0,
+                                    "settings": {"data": "/d.h5ad", "training": training}}))
+    assert list(V._finished(tmp_path, units, compared)) == ["T"]

@@ -287,7 +287,9 @@ def _finished(out: Path, units: Mapping[str, tuple[str, int]], compared: dict) -
         except (OSError, ValueError):
             continue
         if (record.get("format") == FOLD_FORMAT and record.get("cell_type") == t
-                and record.get("seed", seed) == seed and record.get("settings") == compared):
+                and record.get("seed", seed) == seed and not _differences(record.get("settings"), compared)):
+            # (_differences reads a setting the record lacks as None: folds recorded before a setting
+            # was added, at its None default, still count)
             done[key] = record
     return done
 
@@ -475,9 +477,7 @@ def validate(
     compared = {"data": str(data_path), "data_bytes": data_path.stat().st_size, "condition_key": condition_key,
                 "cell_type_key": cell_type_key, "from": source, "to": target, "cell_types": plan.folds,
                 "exclude": list(exclude), "layer": layer, "backed": bool(backed), "decodes": decodes,
-                "n_degs": int(n_degs), "n_subsamples": int(n_subsamples),
-                # settings at None (a later setting's default) left out, so that older folders resume
-                "training": {k: v for k, v in resolved.to_dict().items() if v is not None}}
+                "n_degs": int(n_degs), "n_subsamples": int(n_subsamples), "training": resolved.to_dict()}
     if len(seeds) > 1:      # a one-seed folder keeps the settings it always had (and stays resumable)
         compared["seeds"] = seeds
     command = command or (f"trvae_cli.validate.validate({str(data)!r}, {condition_key!r}, {cell_type_key!r}, "
