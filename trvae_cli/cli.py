@@ -278,8 +278,8 @@ def _image_size(ctx, param, text):
 
 TRAIN_SECTIONS = {
     "Data": "DATA --condition --cell-type-key --exclude --layer --backed --out",
-    "Model": "--preset --hidden --encoder-hidden --mmd-dim --latent-dim --mmd-on --condition-injection --norm --conditional --alpha "
-             "--beta --eta --reconstruction --dropout --output-activation",
+    "Model": "--preset --hidden --encoder-hidden --mmd-dim --latent-dim --mmd-on --condition-injection --norm "
+             "--conditional --alpha --beta --eta --reconstruction --dropout --output-activation",
     "Training": "--epochs --batch-size --learning-rate --validation-fraction --early-stopping-patience "
                 "--lr-patience --lr-factor --kl-warmup --balanced-batches --seed --precision --jit "
                 "--validate --from --to --cell-types --decodes --n-degs --n-subsamples --jobs --seeds --validation",

@@ -120,11 +120,14 @@ class TRVAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        ModelConfig(hidden=tuple(hidden), encoder_hidden=None if encoder_hidden is None else tuple(encoder_hidden),
-                    mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
-                    output_activation=output_activation, mmd_on=mmd_on, conditional=conditional, alpha=alpha,
-                    beta=beta, eta=eta, reconstruction=reconstruction, seed=0 if seed is None else seed, arch=arch,
-                    filters=tuple(filters), condition_injection=condition_injection, norm=norm).validate()
+        shape = ModelConfig(hidden=tuple(hidden),
+                            encoder_hidden=None if encoder_hidden is None else tuple(encoder_hidden),
+                            mmd_dim=mmd_dim, latent_dim=latent_dim, dropout=dropout,
+                            output_activation=output_activation, mmd_on=mmd_on, conditional=conditional,
+                            alpha=alpha, beta=beta, eta=eta, reconstruction=reconstruction,
+                            seed=0 if seed is None else seed, arch=arch, filters=tuple(filters),
+                            condition_injection=condition_injection, norm=norm)
+        shape.validate()
         if (arch == "mlp") != (image_shape is None):
             raise ConfigError("image_shape (H, W, C) is required by the image architectures and only by them")
         self.arch = arch
@@ -134,6 +137,7 @@ class TRVAE(keras.Model):
         self.n_conditions = int(n_conditions)
         self.hidden = tuple(int(h) for h in hidden)
         self.encoder_hidden = None if encoder_hidden is None else tuple(int(h) for h in encoder_hidden)
+        self.encoder_sizes = tuple(int(h) for h in shape.encoder_sizes)
         self.mmd_dim = int(mmd_dim)
         self.latent_dim = int(latent_dim)
         self.dropout = float(dropout)
@@ -150,7 +154,7 @@ class TRVAE(keras.Model):
 
         if arch == "mlp":
             self.encoder = build_encoder(
-                self.n_genes, self.n_conditions, self.encoder_hidden or self.hidden, self.mmd_dim,
+                self.n_genes, self.n_conditions, self.encoder_sizes, self.mmd_dim,
                 self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm, norm,
             )
             self.decoder = build_decoder(
