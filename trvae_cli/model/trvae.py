@@ -137,7 +137,6 @@ class TRVAE(keras.Model):
         self.n_conditions = int(n_conditions)
         self.hidden = tuple(int(h) for h in hidden)
         self.encoder_hidden = None if encoder_hidden is None else tuple(int(h) for h in encoder_hidden)
-        self.encoder_sizes = tuple(int(h) for h in shape.encoder_sizes)
         self.mmd_dim = int(mmd_dim)
         self.latent_dim = int(latent_dim)
         self.dropout = float(dropout)
@@ -154,7 +153,7 @@ class TRVAE(keras.Model):
 
         if arch == "mlp":
             self.encoder = build_encoder(
-                self.n_genes, self.n_conditions, self.encoder_sizes, self.mmd_dim,
+                self.n_genes, self.n_conditions, tuple(int(h) for h in shape.encoder_sizes), self.mmd_dim,
                 self.latent_dim, self.dropout, seed, self.conditional, sync_batchnorm, norm,
             )
             self.decoder = build_decoder(
