@@ -83,3 +83,29 @@ def test_xla_flags_for_jax_adds_the_ynn_work_around_only_where_it_applies():
         assert xla_flags_for_jax(unaffected, "--a=1") == "--a=1"
     mine = "--xla_cpu_experimental_ynn_fusion_type="   # the user's own choice stands
     assert xla_flags_for_jax("0.11.0", mine) == mine
+
+
+POOL_CHILD = """
+from trvae_cli.backend import keras_module
+keras_module()
+import tensorflow as tf
+tf.ones((64, 64)) * 2.0
+try:
+    print(tf.config.experimental.get_memory_info("CPU:0")["peak"] > 0)
+except ValueError:   # "Allocator stats not available": TensorFlow's default, non-pooling allocator
+    print("default allocator")
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "True"), ("false", "default allocator")])
+def test_tensorflow_pools_host_memory_unless_the_user_says_otherwise(given, expected):
+    """keras_module() turns on TensorFlow's pooling CPU allocator before TensorFlow loads (each
+    step's buffers are reused, not faulted in again), and leaves a user's own setting alone."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPU_ALLOCATOR_USE_BFC", "KERAS_BACKEND")}
+    if given is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = given
+    proc = subprocess.run([sys.executable, "-c", POOL_CHILD], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected
