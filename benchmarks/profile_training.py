@@ -3,7 +3,8 @@
     python benchmarks/profile_training.py epoch      # Kang, NK held out, defaults, 2 threads
     python benchmarks/profile_training.py step       # one training step, alone, with parts removed
 
-``epoch`` trains as ``trvae train`` does (``trvae_cli.api.train``) with timers around Keras' loop:
+``epoch`` trains as ``trvae train`` does (``trvae_cli.api.train``) with timers around Keras' loop
+(and prints the process' user and system CPU over the training):
 each training step, the wait for its batch, the validation pass, each callback's epoch end and the
 time between epochs, and prints medians and sums over the epochs after the first (the first holds
 the tracing and XLA compilation, printed on its own). The timers are attached by wrapping the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -96,12 +98,14 @@ def profile_epoch(args) -> dict:
     assert hasattr(tf_trainer.TensorFlowTrainer, "evaluate")   # the loop these timers assume
 
     with tempfile.TemporaryDirectory() as tmp:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         api.train(args.data, condition_key=args.condition_key, cell_type_key=args.cell_type_key,
                   exclude=[f"{args.cell_type}:{args.target}"], out=Path(tmp) / "model",
                   settings={"seed": args.seed, **json.loads(args.settings)},
                   options=RunOptions(threads=args.threads, force=True, progress="none"))
         wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
     epochs = times["epoch (to the first epoch-end callback)"]
     steps_per_epoch = len(times["training step"]) // len(epochs)
     first = {"first epoch (tracing, XLA)": epochs[0],
@@ -114,7 +118,8 @@ def profile_epoch(args) -> dict:
         rest = np.asarray(values[skip:] if key != "between epochs (other callbacks, Keras)" else values)
         if len(rest):
             rows[key] = {"median_ms": 1e3 * float(np.median(rest)), "sum_s": float(rest.sum()), "n": len(rest)}
-    return {"wall_s": wall, "epochs": len(epochs), "steps_per_epoch": steps_per_epoch, "first": first, "rows": rows}
+    return {"wall_s": wall, "user_s": ru1.ru_utime - ru0.ru_utime, "system_s": ru1.ru_stime - ru0.ru_stime,
+            "epochs": len(epochs), "steps_per_epoch": steps_per_epoch, "first": first, "rows": rows}
 
 
 def profile_step(args) -> dict:
@@ -181,6 +186,9 @@ def main(argv=None) -> int:
         r = profile_epoch(args)
         print(f"wall {r['wall_s']:.1f} s (reading, training, saving), {r['epochs']} epochs of "
               f"{r['steps_per_epoch']} steps")
+        # the kernel's share: page faults and zeroing show here (the sixteenth session found 26 % of
+        # the step in them before host memory was pooled)
+        print(f"CPU {r['user_s']:.1f} s user, {r['system_s']:.1f} s system")
         for key, value in r["first"].items():
             print(f"  {key:58s} {value:8.2f} s")
         print(f"  {'after the first epoch':58s} {'median':>8s}  {'sum':>8s}")

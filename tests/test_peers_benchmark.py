@@ -46,7 +46,7 @@ def test_epoch_times_and_median(peers):
 
 def _row(side, label, seed, wall, r2):
     return {"side": side, "label": label, "seed": seed, "train_wall_s": wall, "train_cpu_s": 2 * wall,
-            "train_cores": 2.0, "transform_wall_s": wall / 10, "epochs": 100, "r2_mean_degs": r2,
+            "train_sys_s": wall / 10, "train_cores": 2.0, "transform_wall_s": wall / 10, "epochs": 100, "r2_mean_degs": r2,
             "r2_var_degs": r2 / 2, "r2_mean_all": r2, "r2_var_all": r2}
 
 
@@ -58,8 +58,10 @@ def test_summary_table_and_ratio(peers):
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| side"))
     assert lines[lines.index(header) + 1].count("|---") == header.count("|") - 1
-    assert "| trvae | 100.0 / 110.0 | 220.0 | 2.00 |" in md
+    assert "| trvae | 100.0 / 110.0 | 220.0 | 11.0 | 2.00 |" in md
     assert "| trvae (mean) | (same model) |" in md
     assert "| scArches | 50.0 / 55.0 |" in md
     assert "median training wall time: **2.00**" in md
+    old = [{k: v for k, v in r.items() if k != "train_sys_s"} for r in rows]   # a CSV from before the column
+    assert "| trvae | 100.0 / 110.0 | 220.0 | – | 2.00 |" in peers.summary_markdown(old)
     assert "0.950 ± 0.000" in md
