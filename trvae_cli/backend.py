@@ -171,7 +171,8 @@ CPU_POOL = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
 def keras_module(threads: int | None = None):
     """Import Keras (TensorFlow backend unless KERAS_BACKEND says otherwise), quietly.
 
-    ``threads`` caps the backend's CPU threads (only fully effective on first import).
+    ``threads`` caps the backend's CPU threads (only fully effective on first import). Before
+    TensorFlow first loads, host memory pooling is switched on (:data:`CPU_POOL`).
     """
     if threads is not None:
         limit_threads(threads)
