@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     import make_large
 
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()   # the subprocesses run from / (so that --pythonpath decides what is imported)
     work.mkdir(parents=True, exist_ok=True)
     large = work / f"large_{args.cells}x{args.genes}.h5ad"
     small = work / f"small_20000x{args.genes}.h5ad"
