@@ -109,3 +109,23 @@ def test_tensorflow_pools_host_memory_unless_the_user_says_otherwise(given, expe
     proc = subprocess.run([sys.executable, "-c", POOL_CHILD], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_jax_keeps_freed_memory_unless_the_user_tuned_malloc():
+    """Under JAX, glibc keeps large freed blocks (mallopt), as TensorFlow's pool does; a user's own
+    malloc settings, or a platform without glibc's mallopt, are left alone."""
+    from trvae_cli.backend import keep_freed_memory
+
+    assert keep_freed_memory({"MALLOC_MMAP_MAX_": "65536"}) is False
+    assert keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) is False
+    # the settings themselves, in a process of their own (they last for the process)
+    code = "import sys; from trvae_cli.backend import keep_freed_memory; print(keep_freed_memory({}))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):   # no such name off glibc
+        glibc = False
+    expected = sys.platform.startswith("linux") and glibc
+    assert proc.stdout.strip() == str(expected)

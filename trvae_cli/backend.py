@@ -146,10 +146,38 @@ def xla_flags_for_jax(jaxlib_version: str | None, flags: str) -> str:
     return f"{flags} {YNN_REDUCE_OFF}".strip()
 
 
+#: ``mallopt`` parameters of glibc (``malloc.h``): the most blocks served by ``mmap``, and the free
+#: space at the top of the heap above which ``free`` gives memory back to the system.
+M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
+#: Environment variables by which a user tunes glibc's malloc; any of them set, trvae leaves it alone.
+MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def keep_freed_memory(environ=os.environ) -> bool:
+    """Under JAX on the CPU, what :data:`CPU_POOL` does for TensorFlow: glibc serves large blocks from
+    its heap and keeps them when freed, so XLA's per-step buffers are not faulted in and zeroed by
+    the kernel again at every step (the Kang step under ``KERAS_BACKEND=jax``: 57-61 ms, 30 % of
+    it in the kernel under ``perf``; 41-48 ms this way; ``benchmarks/README.md``, sixteenth
+    session). Nothing happens off Linux, without glibc's ``mallopt``, or where the user set one of
+    :data:`MALLOC_VARIABLES`. Returns whether both settings took."""
+    if not sys.platform.startswith("linux") or any(name in environ for name in MALLOC_VARIABLES):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _prepare_jax() -> None:
-    """Before JAX loads (its XLA client reads ``XLA_FLAGS`` once): the YNNPACK work-around."""
+    """Before JAX loads (its XLA client reads ``XLA_FLAGS`` once): the YNNPACK work-around, and
+    freed memory kept (:func:`keep_freed_memory`)."""
     if "jax" in sys.modules or "jaxlib" in sys.modules:
         return
+    keep_freed_memory()
     from importlib.metadata import PackageNotFoundError, version
 
     try:
