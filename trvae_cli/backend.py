@@ -169,7 +169,24 @@ def keep_freed_memory(environ=os.environ) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    no_mmap, no_trim = mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1)   # both, always
+    return bool(no_mmap and no_trim)
+
+
+#: TensorFlow's pooling (BFC) allocator for host memory, set before TensorFlow loads unless the user
+#: set the variable. TensorFlow's default CPU allocator hands each step's large buffers back to the
+#: system and takes fresh ones the next step; every page of them is then faulted in and zeroed by
+#: the kernel again. On a 2-core AVX2 machine (``benchmarks/README.md``, sixteenth session) that was
+#: 27 % of the default Kang training step's CPU time under ``perf`` and the step took 54-72 ms; with
+#: the pool 38-43 ms, the same numbers out. ``TF_CPU_ALLOCATOR_USE_BFC=false`` restores the default.
+CPU_POOL = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+
+def _prepare_tensorflow() -> None:
+    """Before TensorFlow loads (it reads the variable when it makes its CPU allocator): host memory
+    pooled (:data:`CPU_POOL`), unless the user chose."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault(*CPU_POOL)
 
 
 def _prepare_jax() -> None:
@@ -185,15 +202,6 @@ def _prepare_jax() -> None:
     except PackageNotFoundError:
         return
     os.environ["XLA_FLAGS"] = xla_flags_for_jax(installed, os.environ.get("XLA_FLAGS", ""))
-
-
-#: TensorFlow's pooling (BFC) allocator for host memory, set before TensorFlow loads unless the user
-#: set the variable. TensorFlow's default CPU allocator hands each step's large buffers back to the
-#: system and takes fresh ones the next step; every page of them is then faulted in and zeroed by
-#: the kernel again. On a 2-core AVX2 machine (``benchmarks/README.md``, sixteenth session) that was
-#: 27 % of the default Kang training step's CPU time under ``perf`` and the step took 54-72 ms; with
-#: the pool 38-43 ms, the same numbers out. ``TF_CPU_ALLOCATOR_USE_BFC=false`` restores the default.
-CPU_POOL = ("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def keras_module(threads: int | None = None):
@@ -213,8 +221,8 @@ def keras_module(threads: int | None = None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if os.environ["KERAS_BACKEND"] == "jax":
         _prepare_jax()
-    elif "tensorflow" not in sys.modules:
-        os.environ.setdefault(*CPU_POOL)
+    else:
+        _prepare_tensorflow()
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
