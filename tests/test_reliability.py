@@ -255,6 +255,54 @@ def test_a_killed_runs_leftovers_are_cleaned(tiny_h5ad, tmp_path):
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask      # the user's umask, not mkdtemp's 0700
 
 
+def test_an_epoch_short_of_its_steps_is_an_error():
+    from trvae_cli.engine.callbacks import EveryStepRan
+    from trvae_cli.errors import TrvaeError
+
+    check = EveryStepRan(4)
+    check.on_epoch_begin(0)
+    for b in range(4):
+        check.on_train_batch_end(b)
+    check.on_epoch_end(0)                      # a whole epoch passes
+    check.on_epoch_begin(1)
+    check.on_train_batch_end(0)
+    with pytest.raises(TrvaeError, match="epoch 2 ran 1 of its 4 training steps"):
+        check.on_epoch_end(1)
+
+
+def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
+    """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
+    raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at
+    its first step, and the untrained model was saved with exit status 0. Now: one line, no model."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed")
+    cache = tmp_path / "xla"
+    cache.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={cache}"
+    args = ["train", tiny_h5ad, *[a for a in TINY if a != "--no-jit"], "--epochs", "2"]   # XLA: the cache's user
+    code = "import sys\nfrom trvae_cli.cli import console\nsys.argv = ['trvae', *sys.argv[1:]]\nconsole()\n"
+
+    def run(out):
+        return subprocess.run([sys.executable, "-c", code, *map(str, args), "--out", str(out)],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    first = run(tmp_path / "m1")
+    assert first.returncode == 0, first.stderr
+    entries = list(cache.iterdir())
+    assert entries, "TensorFlow wrote no cache entry: the test no longer exercises the damaged cache"
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    second = run(tmp_path / "m2")
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: epoch 1 ran 0 of its"), second.stderr
+    assert "persistent XLA cache" in lines[0]
+    assert not (tmp_path / "m2").exists()
+
+
 # -- 7. tampered model directories and checkpoints ---------------------------------------------------
 
 @pytest.mark.parametrize("tamper, field", [

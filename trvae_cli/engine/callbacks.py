@@ -3,9 +3,11 @@ stopping and progress."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..config import TrainConfig
+from ..errors import TrvaeError
 from .progress import progress_callback
 from ..backend import keras_module
 
@@ -63,12 +65,49 @@ class EpochTimer(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class EveryStepRan(keras.callbacks.Callback):
+    """Refuses an epoch that ended before its last training step.
+
+    Keras takes an end-of-input error raised *inside* the training step (TensorFlow's
+    ``OutOfRangeError``) for the end of the data: it ends the epoch there with a warning and goes
+    on. trvae's training input never runs out within an epoch (an endless stream read ``steps``
+    batches an epoch, or a ``PyDataset`` of ``steps`` batches), so a shorter epoch means the step
+    failed. Seen: TensorFlow reading a damaged entry of a persistent XLA cache
+    (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR``, "Read less bytes than requested")
+    ended every epoch at its first step, and the model was saved untrained with exit status 0.
+    """
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+        self.ran = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.ran = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ran += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.ran >= self.steps:
+            return
+        why = "the training step raised an end-of-input error, which Keras takes for the end of the data"
+        flags = os.environ.get("TF_XLA_FLAGS", "")
+        if "--tf_xla_persistent_cache_directory" in flags:
+            why += ("; TF_XLA_FLAGS names a persistent XLA cache, and a damaged entry there does this: "
+                    "remove the cache's files or the flag")
+        raise TrvaeError(f"epoch {epoch + 1} ran {self.ran} of its {self.steps} training steps: {why}; "
+                         "nothing was written")
+
+
 def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, initial_epoch: int = 0,
-                   info: dict | None = None, compiling: bool = False):
-    """(early stopping, LR schedule or None, every callback): timing, KL warm-up, the LR schedule,
-    early stopping and progress, in the order they must run (``info``, ``compiling``: see
+                   info: dict | None = None, compiling: bool = False, steps: int | None = None):
+    """(early stopping, LR schedule or None, every callback): the check that every step of an epoch
+    ran (``steps`` an epoch, :class:`EveryStepRan`), timing, KL warm-up, the LR schedule, early
+    stopping and progress, in the order they must run (``info``, ``compiling``: see
     :func:`~trvae_cli.engine.progress.progress_callback`)."""
-    callbacks = [EpochTimer(), KLWarmup(s.kl_warmup)]
+    callbacks = [EveryStepRan(steps)] if steps else []
+    callbacks += [EpochTimer(), KLWarmup(s.kl_warmup)]
     if s.kl_warmup > 0:   # before the callbacks that read it
         callbacks.append(FullWeightObjective())
     reduce_lr = None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -227,9 +228,9 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
             "held_out": list(data.meta.get("exclude") or []), "n_train": int(len(train_pos)),
             "n_validation": int(len(val_pos)), "batch_size": int(s.batch_size),
             "steps_per_epoch": int(len(train_batches))}
-    early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch, info=info,
-                                                 compiling=compiling)
     train_feed = feed(train_batches, data.example_shape, keras, dist.replicas, initial_epoch)
+    early, reduce_lr, callbacks = make_callbacks(s, monitor, o.progress, o.console, initial_epoch, info=info,
+                                                 compiling=compiling, steps=train_feed.steps or len(train_batches))
     val_feed = feed(val_batches, data.example_shape, keras, dist.replicas)
     checkpointer = Checkpointer(
         checkpoint_path(out), o.checkpoint_every if dist.is_chief else 0, train_feed.sampler_state, early, reduce_lr,
@@ -250,7 +251,9 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     if not finished:
         log("phase", phase="compiling" if compiling else "training")
         try:
-            with signals if own_signals else nullcontext():
+            with signals if own_signals else nullcontext(), warnings.catch_warnings():
+                # an epoch that ends early is EveryStepRan's error, said in one line, not Keras' warning
+                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
                 model.fit(train_feed.data, steps_per_epoch=train_feed.steps,
                           validation_data=None if val_feed is None else val_feed.data,
                           validation_steps=None if val_feed is None else val_feed.steps,
