@@ -270,6 +270,14 @@ def test_an_epoch_short_of_its_steps_is_an_error():
         check.on_epoch_end(1)
 
 
+def test_a_diverging_training_is_one_line_and_writes_nothing(tiny_h5ad, tmp_path):
+    """A loss that turns NaN (here: a learning rate of 1e6) used to train on and save NaN weights with
+    exit status 0."""
+    result = invoke("train", tiny_h5ad, *TINY, "--epochs", "3", "--learning-rate", "1e6", "--out", tmp_path / "m")
+    _exit_with(result, 2, "training diverged", "at epoch 1", "--learning-rate")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
     """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
     raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at

@@ -3,6 +3,7 @@ stopping and progress."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -100,14 +101,31 @@ class EveryStepRan(keras.callbacks.Callback):
                          "nothing was written")
 
 
+class FiniteLoss(keras.callbacks.Callback):
+    """Stops a training whose loss became NaN or infinite, before anything records the epoch.
+
+    Keras trains on: every later epoch is NaN too, early stopping never improves, and the model
+    would be saved with NaN weights and exit status 0 (seen with ``--learning-rate 1e6`` on the
+    tiny data). The epoch's mean loss is NaN as soon as one of its steps was.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                raise TrvaeError(f"training diverged: {key} was {float(value)} at epoch {epoch + 1}; nothing was "
+                                 f"written. Try a lower --learning-rate (this run's: {lr:g})")
+
+
 def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, initial_epoch: int = 0,
                    info: dict | None = None, compiling: bool = False, steps: int | None = None):
-    """(early stopping, LR schedule or None, every callback): the check that every step of an epoch
-    ran (``steps`` an epoch, :class:`EveryStepRan`), timing, KL warm-up, the LR schedule, early
+    """(early stopping, LR schedule or None, every callback): the checks that every step of an epoch
+    ran (``steps`` an epoch, :class:`EveryStepRan`) and that its loss is finite, timing, KL warm-up, the LR schedule, early
     stopping and progress, in the order they must run (``info``, ``compiling``: see
     :func:`~trvae_cli.engine.progress.progress_callback`)."""
     callbacks = [EveryStepRan(steps)] if steps else []
-    callbacks += [EpochTimer(), KLWarmup(s.kl_warmup)]
+    callbacks += [FiniteLoss(), EpochTimer(), KLWarmup(s.kl_warmup)]
     if s.kl_warmup > 0:   # before the callbacks that read it
         callbacks.append(FullWeightObjective())
     reduce_lr = None
