@@ -278,6 +278,26 @@ def test_a_diverging_training_is_one_line_and_writes_nothing(tiny_h5ad, tmp_path
     assert not (tmp_path / "m").exists()
 
 
+def test_a_model_with_nan_weights_is_one_line_at_transform(trained_model, tiny_h5ad, tmp_path):
+    """A diverged model saved by an older trvae: transform said so in a traceback (NumPy's Poisson draw
+    refusing NaN rates); now one line, naming the cause, and no output."""
+    import shutil
+
+    from trvae_cli.model_dir import MODEL_FILE, load_model
+
+    model_dir = tmp_path / "nan_model"
+    shutil.copytree(trained_model, model_dir)
+    _, model = load_model(model_dir)
+    weights = model.get_weights()
+    weights[0] = np.full_like(weights[0], np.nan)
+    model.set_weights(weights)
+    model.save(model_dir / MODEL_FILE)
+    result = invoke("transform", "--data", tiny_h5ad, "--model", model_dir, "--from", "control", "--to",
+                    "stimulated", "--out", tmp_path / "pred.h5ad")
+    _exit_with(result, 2, "NaN or infinite weights", "retrain")
+    assert not (tmp_path / "pred.h5ad").exists()
+
+
 def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
     """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
     raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at

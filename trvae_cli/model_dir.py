@@ -129,4 +129,10 @@ def load_model(model_dir: str | Path, cfg: dict | None = None):
     if model.n_conditions != len(cfg["data"]["conditions"]) or model.n_genes != cfg["model"].get("n_genes"):
         raise TrvaeError(f"{Path(model_dir) / MODEL_FILE} does not match {CONFIG_FILE} (conditions or genes "
                          "differ); the model directory is damaged (retrain it)")
+    import numpy as np
+
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        # a training that diverged (trvae now refuses to save one; older versions did not)
+        raise TrvaeError(f"{Path(model_dir) / MODEL_FILE} holds NaN or infinite weights (its training diverged): "
+                         "retrain it, with a lower --learning-rate")
     return cfg, model
