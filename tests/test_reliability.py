@@ -157,6 +157,23 @@ def test_labels_genes_and_batch_size(tiny_h5ad, tmp_path):
     assert cfg["training"]["batch_size"] == cfg["data"]["n_cells_train"]
 
 
+def test_repeated_gene_names_and_listed_exclusions_are_one_line(tiny_h5ad, trained_model, tmp_path):
+    """Repeated var_names used to train a model that no command could load ("damaged, retrain it",
+    and retraining made the same); a comma-separated --exclude was read as one odd cell type."""
+    data = ad.read_h5ad(tiny_h5ad)
+    data.var_names = ["g"] + [f"gene{i}" for i in range(1, data.n_vars - 2)] + ["g", "g"]
+    data.write_h5ad(tmp_path / "dup.h5ad")
+    result = invoke("train", tmp_path / "dup.h5ad", *TINY, "--out", tmp_path / "m")
+    _exit_with(result, 2, "var_names", "not unique", "1 repeated, e.g. g", "var_names_make_unique")
+    assert not (tmp_path / "m").exists()
+    result = invoke("transform", "--data", tmp_path / "dup.h5ad", "--model", trained_model, "--from", "control",
+                    "--to", "stimulated", "--out", tmp_path / "p.h5ad")
+    _exit_with(result, 2, "not unique")
+    result = invoke("train", tiny_h5ad, *TINY, "--cell-type-key", "cell_type", "--exclude",
+                    "NK:stimulated,B:stimulated", "--out", tmp_path / "m2")
+    _exit_with(result, 2, "--exclude NK:stimulated --exclude B:stimulated")
+
+
 def test_negative_values_are_handled_alike_in_train_and_transform(tiny_h5ad, tmp_path):
     data = ad.read_h5ad(tiny_h5ad)
     x = data.X.toarray()

@@ -49,6 +49,8 @@ def read_h5ad(path: str | Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # anndata's notes on old layouts
+            # repeated gene names are refused in one line where they matter (require_unique_genes)
+            warnings.filterwarnings("ignore", message="Variable names are not unique", category=UserWarning)
             return ad.read_h5ad(path)
     except Exception as exc:  # anndata raises many kinds for malformed files
         raise TrvaeError(f"could not read {path} as AnnData: {exc.__class__.__name__}: {exc}") from None
@@ -129,6 +131,10 @@ def looks_like_counts(mat, sample: int = 200_000) -> bool:
 def parse_exclusions(exclude: Sequence[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in exclude:
+        parts = item.split(",")
+        if len(parts) > 1 and all(":" in p for p in parts):
+            raise TrvaeError(f"--exclude takes one CELLTYPE:CONDITION; give it once for each: "
+                             + " ".join(f"--exclude {p.strip()}" for p in parts))
         if ":" not in item:
             raise TrvaeError(f"--exclude expects CELLTYPE:CONDITION, got {item!r}")
         cell_type, condition = item.rsplit(":", 1)
@@ -183,6 +189,16 @@ def select_training_cells(
     return TrainingSelection(mask=mask, conditions=conditions, labels=labels, n_excluded=int((~mask).sum()))
 
 
+def require_unique_genes(var_names: Sequence, data_name: str = "the data") -> None:
+    """A one-line error when gene names repeat: models match genes by name (a model trained on
+    repeated names could not be matched to any data, its own included)."""
+    genes = pd.Index([str(g) for g in var_names])
+    if not genes.is_unique:
+        repeated = genes[genes.duplicated()].unique()
+        raise TrvaeError(f"the var_names of {data_name} are not unique ({len(repeated)} repeated, e.g. "
+                         f"{_preview(list(repeated), 5)}); run adata.var_names_make_unique() first")
+
+
 def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str], *, data_name: str = "the data",
                  genes_name: str = "the model's", prefix: str = "") -> np.ndarray | None:
     """Column indices that put ``data_genes`` in the model's order; None when already equal.
@@ -193,8 +209,7 @@ def gene_indexer(data_genes: Sequence[str], model_genes: Sequence[str], *, data_
     model_genes = pd.Index([str(g) for g in model_genes])
     if data_genes.equals(model_genes):
         return None
-    if not data_genes.is_unique:
-        raise TrvaeError(f"the var_names of {data_name} are not unique; run adata.var_names_make_unique() first")
+    require_unique_genes(data_genes, data_name)
     missing = model_genes.difference(data_genes, sort=False)
     if len(missing):
         raise TrvaeError(

@@ -105,6 +105,7 @@ class CellSource:
         if condition_key is None:
             raise TrvaeError("--condition is required for .h5ad input (the obs column of the conditions)")
         adata, matrix = self.adata, self.matrix
+        io.require_unique_genes(adata.var_names, self.name)
         selection = io.select_training_cells(adata, condition_key, cell_type_key, exclude)
         rows = np.flatnonzero(selection.mask)
         if self.backed:
