@@ -206,7 +206,6 @@ def _variant(preds, work, name, change):
 @pytest.mark.parametrize("extra, fragments", [
     (["--cell-type", "Neutrophil"], ["Neutrophil"]),
     (["--to", "inhibited-typo"], ["inhibited-typo"]),
-    (["--n-degs", "41"], ["--n-degs", "40"]),
     (["--condition", "nope"], ["nope"]),
     (["--real", "missing.h5ad"], ["not found"]),
 ])
@@ -215,6 +214,17 @@ def test_bad_arguments(preds, work, extra, fragments):
     assert_user_error(invoke("evaluate", "--pred", preds["cf"], "--json", work / "e.json", "-q", *args),
                       *fragments)
     assert list(work.iterdir()) == []
+
+
+def test_more_degs_than_genes_scores_them_all_with_a_note(preds, work):
+    """A small panel (here 40 genes) at evaluate's default of 100 DEGs: every gene is scored, and the
+    note says so (as validate does); it used to be an error about an option the user never gave."""
+    res = invoke("evaluate", "--pred", preds["cf"], "--n-subsamples", "4", "--json", work / "e.json")
+    assert_ok(res)
+    assert "note: --n-degs 100 is more than the 40 genes: scoring the top 40" in res.stderr
+    rep = json.loads((work / "e.json").read_text())
+    assert rep["settings"]["n_degs"] == 40 and len(rep["degs"]) == 40
+    assert any("scoring the top 40" in n for n in rep["notes"])
 
 
 def test_gene_set_mismatch(preds, work):

@@ -174,6 +174,14 @@ def test_repeated_gene_names_and_listed_exclusions_are_one_line(tiny_h5ad, train
     _exit_with(result, 2, "--exclude NK:stimulated --exclude B:stimulated")
 
 
+def test_cells_are_written_only_to_an_h5ad_name(trained_model, tiny_h5ad, tmp_path):
+    """transform and embed wrote HDF5 under any name (pred.csv held an .h5ad)."""
+    for command in (["transform", "--from", "control", "--to", "stimulated"], ["embed"]):
+        result = invoke(*command, "--data", tiny_h5ad, "--model", trained_model, "--out", tmp_path / "pred.csv")
+        _exit_with(result, 2, "pred.csv", "pred.h5ad")
+        assert not (tmp_path / "pred.csv").exists()
+
+
 def test_negative_values_are_handled_alike_in_train_and_transform(tiny_h5ad, tmp_path):
     data = ad.read_h5ad(tiny_h5ad)
     x = data.X.toarray()

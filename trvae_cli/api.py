@@ -339,6 +339,9 @@ def transform(
             out = src.default_output(model_dir, selection, target)
             defaults["out"] = str(out)
         out = Path(out) if out is not None and write else None
+        if out is not None and src.output_suffix and out.suffix.lower() != src.output_suffix:
+            raise TrvaeError(f"--out {out}: transform writes cells as an {src.output_suffix} file; "
+                             f"name it {out.with_suffix(src.output_suffix).name} or another *{src.output_suffix}")
         with claim(out) if out is not None else nullcontext():
             if out is not None:
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
@@ -463,6 +466,9 @@ def embed(
                                              max_cells=max_cells, seed=seed, out=str(out)),
                 versions=versions())
             out = Path(out)
+            if out.suffix.lower() != ".h5ad":
+                raise TrvaeError(f"--out {out}: embed writes an .h5ad file; name it {out.with_suffix('.h5ad').name} "
+                                 "or another *.h5ad")
             with claim(out):
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
                              marker=is_prediction_file)

@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import platform
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -303,6 +304,8 @@ class Prepared:
     target: object
     candidates: list[Candidate]
     skipped: dict
+    n_degs: int | None = None     # the top DEGs scored: --n-degs, at most the genes there are
+    notes: list = dataclasses.field(default_factory=list)
 
     def degs(self, n: int) -> np.ndarray:
         """Column indices of the real top-``n`` DEGs (target vs source)."""
@@ -319,8 +322,12 @@ def prepare(preds: Sequence[str | Path], real=None, *, labels: Sequence[str] = (
     genes = [str(g) for g in loaded[0][2].var_names]
     if len(set(genes)) != len(genes):
         raise TrvaeError(f"the var_names of {loaded[0][1]} are not unique")
-    if n_degs is not None and not 1 <= n_degs <= len(genes):
-        raise TrvaeError(f"--n-degs must be between 1 and the number of genes ({len(genes)}), got {n_degs}")
+    notes = []
+    if n_degs is not None and n_degs < 1:
+        raise TrvaeError(f"--n-degs must be >= 1, got {n_degs}")
+    if n_degs is not None and n_degs > len(genes):   # a small panel at the default 100: score them all, as validate does
+        notes.append(f"--n-degs {n_degs} is more than the {len(genes)} genes: scoring the top {len(genes)}")
+        n_degs = len(genes)
     candidates = [Candidate(label, "prediction", _prediction_matrix(label, adata, genes, task), str(path),
                             stream=3 + i, in_sample=in_sample(info, task))
                   for i, (label, path, adata, info) in enumerate(loaded)]
@@ -337,7 +344,7 @@ def prepare(preds: Sequence[str | Path], real=None, *, labels: Sequence[str] = (
             skipped[MEAN_SHIFT] = ("needs --cell-type (held-out cells) and other cell types in both conditions")
         candidates = ref + candidates
 
-    return Prepared(task, genes, src, dst, candidates, skipped)
+    return Prepared(task, genes, src, dst, candidates, skipped, n_degs, notes)
 
 
 def evaluate(
@@ -381,7 +388,7 @@ def evaluate(
                    cell_type_key=cell_type_key, cell_type=cell_type, layer=layer, n_degs=n_degs,
                    references=references)
     task, genes, candidates, src, dst = prep.task, prep.genes, prep.candidates, prep.source, prep.target
-    skipped = prep.skipped
+    skipped, n_degs = prep.skipped, prep.n_degs
 
     degs = M.rank_degs(dst, src, genes, n_degs)
     real_idx = M.subsample_indices(dst.shape[0], subsample_fraction, n_subsamples, np.random.default_rng([seed, 0]))
@@ -399,9 +406,9 @@ def evaluate(
         results.append({"label": c.label, "kind": c.kind, "path": c.path, "n_cells": int(c.x.shape[0]),
                         "note": c.note, "in_sample": c.in_sample, "metrics": figures})
     what = f"{task.cell_type + ' ' if task.cell_type else ''}{task.target} cells"
-    notes = [f"{c.label}: the real {what} scored here were in its model's training data (not held out with "
-             f"--exclude), so its R² is in-sample, not a prediction of unseen cells"
-             for c in candidates if c.in_sample]
+    notes = prep.notes + [f"{c.label}: the real {what} scored here were in its model's training data (not held "
+                          f"out with --exclude), so its R² is in-sample, not a prediction of unseen cells"
+                          for c in candidates if c.in_sample]
 
     return {
         "format": FORMAT,

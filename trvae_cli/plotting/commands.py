@@ -111,7 +111,7 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     cand = prep.candidates[0]
     stat = M.gene_variances if variance else M.gene_means
     real, predicted = stat(prep.target), stat(cand.x)
-    degs = prep.degs(n_degs)
+    degs = prep.degs(prep.n_degs)
     name = "variance" if variance else "mean"
     key = "var" if variance else "mean"
     full_all, full_degs = M.r2(real, predicted), M.r2(real[degs], predicted[degs])
@@ -127,7 +127,7 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
     scale = expression_scale(_recorded(pred), t.layer)
     quantity = f"{'expression variance' if variance else 'mean expression'} ({scale})"
     fig = regression_figure(
-        real, predicted, prep.genes, degs, **r2, n_label=min(n_label, n_degs), statistic=name,
+        real, predicted, prep.genes, degs, **r2, n_label=min(n_label, prep.n_degs), statistic=name,
         title=f"{_task_title(t)}, per-gene {name} ({cand.label})",
         xlabel=f"real {t.target}: {quantity}", ylabel=f"predicted {t.target}: {quantity}")
     return _finish(fig, out)

@@ -118,6 +118,7 @@ class Source(Protocol):
     input_defaults: dict                # settings defaults of this kind (images: a conv network)
     batch_size: int                     # inference batch
     output_marker: object               # path -> True when it is a prediction this kind wrote (--force)
+    output_suffix: str | None           # what --out must end with (cells: .h5ad; images: a folder, None)
     sparse_output: bool | None          # predictions as CSR (None: where the first block is sparse enough)
 
     recorded_path: str | None           # the file or folder read (None: in-memory data)

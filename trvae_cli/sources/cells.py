@@ -40,6 +40,7 @@ class CellSource:
     input_defaults: dict = {}
     batch_size = 1024
     output_marker = staticmethod(is_prediction_file)   # what --force may replace
+    output_suffix = ".h5ad"
 
     def __init__(self, adata, matrix, path: Path | None, layer: str | None, backed: bool):
         self.adata, self.matrix, self.path, self.layer, self.backed = adata, matrix, path, layer, backed

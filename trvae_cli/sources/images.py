@@ -61,6 +61,7 @@ class ImageSource:
     # what the image benchmarks measured (cells: 128, 0.03, 0.1, 3e-3)
     batch_size = 256
     output_marker = staticmethod(is_image_prediction)   # what --force may replace
+    output_suffix = None                                 # --out is a folder
 
     def __init__(self, images: ImageSet, path: Path | None):
         self.images, self.path = images, path
