@@ -174,6 +174,13 @@ def test_repeated_gene_names_and_listed_exclusions_are_one_line(tiny_h5ad, train
     _exit_with(result, 2, "--exclude NK:stimulated --exclude B:stimulated")
 
 
+def test_a_transform_to_the_same_condition_says_what_it_is(trained_model, tiny_h5ad, tmp_path):
+    result = invoke("transform", "--data", tiny_h5ad, "--model", trained_model, "--from", "control", "--to",
+                    "control", "--out", tmp_path / "same.h5ad")
+    assert_ok(result)
+    assert "note: --from and --to are both control: the output is the model's reconstruction" in result.stderr
+
+
 def test_cells_are_written_only_to_an_h5ad_name(trained_model, tiny_h5ad, tmp_path):
     """transform and embed wrote HDF5 under any name (pred.csv held an .h5ad)."""
     for command in (["transform", "--from", "control", "--to", "stimulated"], ["embed"]):

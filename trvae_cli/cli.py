@@ -696,6 +696,9 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
             else:
                 _err(f"--decode auto: {choice['chosen']}, the default ({choice.get('reason', 'no validation result')})")
         what = "transformed images" if pred.images is not None else "predicted cells"
+        if source == target:
+            _err(f"note: --from and --to are both {source}: the output is the model's reconstruction of the "
+                 "selected items under their own condition, not a transfer")
         _err(f"wrote {pred.adata.n_obs} {what} ({source} -> {target}) to {pred.path}")
     click.echo(str(pred.path))
 
