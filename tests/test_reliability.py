@@ -330,6 +330,24 @@ def test_a_model_with_nan_weights_is_one_line_at_transform(trained_model, tiny_h
     assert not (tmp_path / "pred.h5ad").exists()
 
 
+def test_a_training_that_diverges_after_a_checkpoint_leaves_nothing(tiny_h5ad, tmp_path):
+    """With --checkpoint-every, epochs before the divergence had written OUT/checkpoint/: a run no one
+    can continue (resuming repeats it). It goes, with the folder the run created; a resumed run's
+    checkpoint would stay, and the message says which."""
+    hook = ("from trvae_cli.engine import callbacks as C\n"
+            "orig = C.FiniteLoss.on_epoch_end\n"
+            "def end(self, epoch, logs=None):\n"
+            "    if epoch == 2: logs['loss'] = float('nan')\n"
+            "    return orig(self, epoch, logs)\n"
+            "C.FiniteLoss.on_epoch_end = end\n")
+    done = _child(hook, "train", tiny_h5ad, *TINY, "--epochs", "5", "--checkpoint-every", "1", "--out", tmp_path / "m")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged: loss was nan at epoch 3" in lines[0], done.stderr
+    assert lines[0].endswith("nothing was written")
+    assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
     """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
     raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at

@@ -66,6 +66,11 @@ class EpochTimer(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class TrainingFailed(TrvaeError):
+    """A check of a finished epoch failed (:class:`EveryStepRan`, :class:`FiniteLoss`): no later run can
+    continue from this one; :func:`~trvae_cli.engine.fit.fit` discards what it wrote and says so."""
+
+
 class EveryStepRan(keras.callbacks.Callback):
     """Refuses an epoch that ended before its last training step.
 
@@ -97,8 +102,7 @@ class EveryStepRan(keras.callbacks.Callback):
         if "--tf_xla_persistent_cache_directory" in flags:
             why += ("; TF_XLA_FLAGS names a persistent XLA cache, and a damaged entry there does this: "
                     "remove the cache's files or the flag")
-        raise TrvaeError(f"epoch {epoch + 1} ran {self.ran} of its {self.steps} training steps: {why}; "
-                         "nothing was written")
+        raise TrainingFailed(f"epoch {epoch + 1} ran {self.ran} of its {self.steps} training steps: {why}")
 
 
 class FiniteLoss(keras.callbacks.Callback):
@@ -114,8 +118,8 @@ class FiniteLoss(keras.callbacks.Callback):
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(float(value)):
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-                raise TrvaeError(f"training diverged: {key} was {float(value)} at epoch {epoch + 1}; nothing was "
-                                 f"written. Try a lower --learning-rate (this run's: {lr:g})")
+                raise TrainingFailed(f"training diverged: {key} was {float(value)} at epoch {epoch + 1}: try a "
+                                     f"lower --learning-rate (this run's: {lr:g})")
 
 
 def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, initial_epoch: int = 0,

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -171,6 +172,23 @@ def _build(keras, data: TrainingData, s: TrainSettings, dist):
     return model
 
 
+def _discard_checkpoint(out: Path, existed: bool, resumed: bool) -> str:
+    """After a failed epoch check: remove the checkpoint this run wrote into ``out`` (and ``out`` when
+    the run created it and it is left empty); a resumed run's checkpoint stays. Says which."""
+    from ..model_dir import checkpoint_path
+
+    path = checkpoint_path(out)
+    if resumed and path.is_dir():
+        return f"the checkpoint it resumed from stays in {path}/ (it would fail the same way again)"
+    shutil.rmtree(path, ignore_errors=True)
+    if not existed:
+        try:
+            Path(out).rmdir()
+        except OSError:          # not there, or not empty: nothing of this run's is left in it
+            pass
+    return "nothing was written"
+
+
 def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | None = None,
         signals=None) -> FitResult:
     """Build the model, train it (checkpoints, resume, signals, strategies) and return it unsaved.
@@ -179,7 +197,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     caught around ``fit`` only)."""
     from ..backend import keras_module, seed_everything
     from ..data.batching import SAMPLER_SCHEME
-    from .callbacks import make_callbacks, monitored
+    from .callbacks import TrainingFailed, make_callbacks, monitored
     from .checkpoint import (Checkpointer, TrainingInterrupted, check_same_run, checkpoint_path, read_checkpoint,
                              restore_batches, restore_callbacks, restore_model)
     from .distribute import make_distribution
@@ -187,6 +205,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
     from .progress import event_logger
 
     o = options or RunOptions()
+    out_existed = Path(out).exists()
     train_pos, val_pos = validation_split(data.labels, s.validation_fraction, s.seed)
     s = fit_batch_size(s, len(train_pos), o.warning)
     keras = keras_module(threads=o.threads)
@@ -259,6 +278,8 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
                           validation_steps=None if val_feed is None else val_feed.steps,
                           epochs=s.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                           shuffle=False)
+        except TrainingFailed as failed:
+            raise TrvaeError(f"{failed}; {_discard_checkpoint(out, out_existed, o.resume)}") from None
         except TrainingInterrupted as stop:
             path = checkpointer.write()
             done = checkpointer.snapshot["state"]["epochs_done"]
