@@ -348,6 +348,29 @@ def test_a_training_that_diverges_after_a_checkpoint_leaves_nothing(tiny_h5ad, t
     assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_resumed_training_that_diverges_keeps_the_checkpoint_it_resumed_from(tiny_h5ad, tmp_path):
+    args = ["train", tiny_h5ad, *TINY, "--epochs", "5", "--checkpoint-every", "1", "--out", tmp_path / "m"]
+    stop = ("from trvae_cli.engine import checkpoint as C\n"
+            "orig = C.Checkpointer.on_epoch_end\n"
+            "def end(self, epoch, logs=None):\n"
+            "    orig(self, epoch, logs)\n"
+            "    if epoch == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
+            "C.Checkpointer.on_epoch_end = end\n")
+    stopped = _child(stop, *args)
+    assert stopped.returncode == 75, stopped.stderr
+    diverge = ("from trvae_cli.engine import callbacks as C\n"
+               "orig = C.FiniteLoss.on_epoch_end\n"
+               "def end(self, epoch, logs=None):\n"
+               "    if epoch == 3: logs['loss'] = float('nan')\n"
+               "    return orig(self, epoch, logs)\n"
+               "C.FiniteLoss.on_epoch_end = end\n")
+    failed = _child(diverge, *args, "--resume")
+    assert failed.returncode == 2, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "at epoch 4" in lines[0] and "the checkpoint it resumed from stays" in lines[0]
+    assert (tmp_path / "m" / "checkpoint" / "state.json").is_file()
+
+
 def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
     """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
     raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at
