@@ -371,6 +371,22 @@ def test_a_resumed_training_that_diverges_keeps_the_checkpoint_it_resumed_from(t
     assert (tmp_path / "m" / "checkpoint" / "state.json").is_file()
 
 
+def test_a_diverging_force_run_keeps_the_checkpoint_an_earlier_run_left(tiny_h5ad, tmp_path):
+    """--force over an interrupted run's folder: a new run that diverges before writing a checkpoint
+    of its own leaves the earlier run's checkpoint where it was (it removes only what it wrote)."""
+    stop = ("from trvae_cli.engine import checkpoint as C\n"
+            "orig = C.Checkpointer.on_epoch_end\n"
+            "def end(self, epoch, logs=None):\n"
+            "    orig(self, epoch, logs)\n"
+            "    if epoch == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
+            "C.Checkpointer.on_epoch_end = end\n")
+    assert _child(stop, "train", tiny_h5ad, *TINY, "--epochs", "5", "--out", tmp_path / "m").returncode == 75
+    state = (tmp_path / "m" / "checkpoint" / "state.json").read_bytes()
+    result = invoke("train", tiny_h5ad, *TINY, "--learning-rate", "1e6", "--force", "--out", tmp_path / "m")
+    _exit_with(result, 2, "training diverged", "nothing was written")
+    assert (tmp_path / "m" / "checkpoint" / "state.json").read_bytes() == state
+
+
 def test_a_damaged_xla_cache_entry_is_one_line_not_an_untrained_model(tiny_h5ad, tmp_path):
     """A user's persistent XLA cache (TF_XLA_FLAGS) with a truncated entry makes the compiled step
     raise TensorFlow's end-of-input error. Keras took it for the end of the data, ended every epoch at

@@ -342,10 +342,7 @@ def transform(
         with claim(out) if out is not None else nullcontext():
             if out is not None:
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
-                             marker=src.output_marker)
-                if src.output_suffix and out.suffix.lower() != src.output_suffix:
-                    raise TrvaeError(f"--out {out}: transform writes cells as an {src.output_suffix} file; name it "
-                                     f"{out.with_suffix(src.output_suffix).name} or another *{src.output_suffix}")
+                             marker=src.output_marker, suffix=src.output_suffix)
             stream, record = _prediction_stream(
                 model_dir, cfg, src, setup, selection, source, target, decoding, batch_size,
                 command or _api_call("transform", model_dir=str(model_dir), data=_data_label(data), source=source,
@@ -468,10 +465,7 @@ def embed(
             out = Path(out)
             with claim(out):
                 check_target(out, force, inputs=[_input_path(data)], containers=[model_dir],
-                             marker=is_prediction_file)
-                if out.suffix.lower() != ".h5ad":
-                    raise TrvaeError(f"--out {out}: embed writes an .h5ad file; name it "
-                                     f"{out.with_suffix('.h5ad').name} or another *.h5ad")
+                             marker=is_prediction_file, suffix=".h5ad")
                 with staged(out) as tmp:
                     emb.write_h5ad(tmp)
         return emb

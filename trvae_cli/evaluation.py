@@ -312,6 +312,16 @@ class Prepared:
         return M.rank_degs(self.target, self.source, self.genes, n)
 
 
+def degs_within(n_degs: int, n_genes: int) -> tuple[int, str | None]:
+    """(the top DEGs to score, a note or None): ``n_degs``, at most the ``n_genes`` there are (a small
+    panel at the default 100 scores every gene)."""
+    if n_degs < 1:
+        raise TrvaeError(f"--n-degs must be >= 1, got {n_degs}")
+    if n_degs > n_genes:
+        return n_genes, f"--n-degs {n_degs} is more than the {n_genes} genes: scoring the top {n_genes}"
+    return n_degs, None
+
+
 def prepare(preds: Sequence[str | Path], real=None, *, labels: Sequence[str] = (), condition_key=None,
             source=None, target=None, cell_type_key=None, cell_type=None, layer=None, n_degs: int | None = None,
             references: bool = True) -> Prepared:
@@ -320,14 +330,11 @@ def prepare(preds: Sequence[str | Path], real=None, *, labels: Sequence[str] = (
     task = resolve_task([info for *_, info in loaded], real, condition_key, source, target,
                         cell_type_key, cell_type, layer)
     genes = [str(g) for g in loaded[0][2].var_names]
-    if len(set(genes)) != len(genes):
-        raise TrvaeError(f"the var_names of {loaded[0][1]} are not unique")
+    io.require_unique_genes(genes, str(loaded[0][1]))
     notes = []
-    if n_degs is not None and n_degs < 1:
-        raise TrvaeError(f"--n-degs must be >= 1, got {n_degs}")
-    if n_degs is not None and n_degs > len(genes):   # a small panel at the default 100: score them all, as validate does
-        notes.append(f"--n-degs {n_degs} is more than the {len(genes)} genes: scoring the top {len(genes)}")
-        n_degs = len(genes)
+    if n_degs is not None:
+        n_degs, note = degs_within(n_degs, len(genes))
+        notes += [note] if note else []
     candidates = [Candidate(label, "prediction", _prediction_matrix(label, adata, genes, task), str(path),
                             stream=3 + i, in_sample=in_sample(info, task))
                   for i, (label, path, adata, info) in enumerate(loaded)]

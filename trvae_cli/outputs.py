@@ -67,13 +67,15 @@ def _within(a: Path, b: Path) -> bool:
 
 
 def check_target(path: str | Path, force: bool, *, what: str = "output", inputs: Iterable = (),
-                 containers: Iterable = (), marker: Callable[[Path], bool] | None = None) -> Path:
+                 containers: Iterable = (), marker: Callable[[Path], bool] | None = None,
+                 suffix: str | None = None) -> Path:
     """``path`` as a Path, or a one-line error naming why it may not be written.
 
     ``inputs``: paths the run reads (data files and folders): the output may not be one, hold one
     or lie inside one. ``containers``: inputs the output may lie inside but not be or hold (a model
     directory holds its own predictions). ``marker(path)``: True when an existing ``path`` is a trvae
-    output of this kind; with ``--force`` nothing else is replaced.
+    output of this kind; with ``--force`` nothing else is replaced. ``suffix``: the file name's
+    required ending (``.h5ad``: what an AnnData output is written as, whatever the name says).
     """
     path = Path(path)
     target = _resolved(path)
@@ -98,6 +100,9 @@ def check_target(path: str | Path, force: bool, *, what: str = "output", inputs:
             kind = "folder" if path.is_dir() else "file"
             raise TrvaeError(f"{what} {path} is a {kind} that trvae did not write: --force replaces only "
                              "trvae's own outputs; choose another --out")
+    if suffix and path.suffix.lower() != suffix:
+        raise TrvaeError(f"{what} {path}: it is written as an {suffix} file; name it "
+                         f"{path.with_suffix(suffix).name} or another *{suffix}")
     return path
 
 

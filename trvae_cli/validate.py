@@ -467,10 +467,10 @@ def validate(
     names = [_file_name(u) for u in units]
     if len(set(names)) != len(names):
         raise TrvaeError(f"the fold runs {', '.join(units)} do not have distinct file names; rename the cell types")
-    notes = []       # said once the output has passed its checks, not before an error
-    if n_degs > plan.n_genes:
-        notes.append(f"note: --n-degs {n_degs} is more than the {plan.n_genes} genes: scoring the top {plan.n_genes}")
-        n_degs = plan.n_genes
+    from .evaluation import degs_within
+
+    n_degs, note = degs_within(n_degs, plan.n_genes)
+    notes = [f"note: {note}"] if note else []       # said once the output has passed its checks, not before an error
     out = Path(out)
     check_target(out, True, what="validation folder", inputs=[data])   # never the data, nor around it
     data_path = Path(data).resolve()

@@ -137,6 +137,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.history = list(history or [])
         self._restore = restore
         self._on_write = on_write
+        self.wrote = False                   # whether this run has written the checkpoint
         self.snapshot: dict | None = None
         self._model_copies, self._optimizer_copies = VariableCopies(), VariableCopies()
         self.stop_signal: str | None = None
@@ -202,6 +203,7 @@ class Checkpointer(keras.callbacks.Callback):
         if self.snapshot is None:
             return None
         path = write_checkpoint(self.directory, {"state": self.snapshot["state"], "arrays": self.arrays()})
+        self.wrote = True
         if self._on_write is not None:
             self._on_write(self.snapshot["state"]["epochs_done"], path)
         return path

@@ -172,15 +172,15 @@ def _build(keras, data: TrainingData, s: TrainSettings, dist):
     return model
 
 
-def _discard_checkpoint(out: Path, existed: bool, resumed: bool) -> str:
+def _discard_checkpoint(out: Path, existed: bool, resumed: bool, checkpointer) -> str:
     """After a failed epoch check: remove the checkpoint this run wrote into ``out`` (and ``out`` when
-    the run created it and it is left empty); a resumed run's checkpoint stays. Says which."""
-    from ..model_dir import checkpoint_path
-
-    path = checkpoint_path(out)
+    the run created it and it is left empty); a resumed run's checkpoint, or one this run did not
+    write (an earlier run's, under ``--force``), stays. Says which."""
+    path = checkpointer.directory
     if resumed and path.is_dir():
         return f"the checkpoint it resumed from stays in {path}/ (it would fail the same way again)"
-    shutil.rmtree(path, ignore_errors=True)
+    if checkpointer.wrote:
+        shutil.rmtree(path, ignore_errors=True)
     if not existed:
         try:
             Path(out).rmdir()
@@ -279,7 +279,7 @@ def fit(data: TrainingData, s: TrainSettings, out: Path, options: RunOptions | N
                           epochs=s.epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                           shuffle=False)
         except TrainingFailed as failed:
-            raise TrvaeError(f"{failed}; {_discard_checkpoint(out, out_existed, o.resume)}") from None
+            raise TrvaeError(f"{failed}; {_discard_checkpoint(out, out_existed, o.resume, checkpointer)}") from None
         except TrainingInterrupted as stop:
             path = checkpointer.write()
             done = checkpointer.snapshot["state"]["epochs_done"]
