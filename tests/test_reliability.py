@@ -348,15 +348,18 @@ def test_a_training_that_diverges_after_a_checkpoint_leaves_nothing(tiny_h5ad, t
     assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
 
 
+#: a _child hook: SIGTERM once epoch 2 has ended (its snapshot taken), so the run stops with a checkpoint
+SIGTERM_AFTER_EPOCH_2 = ("from trvae_cli.engine import checkpoint as C\n"
+                         "orig = C.Checkpointer.on_epoch_end\n"
+                         "def end(self, epoch, logs=None):\n"
+                         "    orig(self, epoch, logs)\n"
+                         "    if epoch == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
+                         "C.Checkpointer.on_epoch_end = end\n")
+
+
 def test_a_resumed_training_that_diverges_keeps_the_checkpoint_it_resumed_from(tiny_h5ad, tmp_path):
     args = ["train", tiny_h5ad, *TINY, "--epochs", "5", "--checkpoint-every", "1", "--out", tmp_path / "m"]
-    stop = ("from trvae_cli.engine import checkpoint as C\n"
-            "orig = C.Checkpointer.on_epoch_end\n"
-            "def end(self, epoch, logs=None):\n"
-            "    orig(self, epoch, logs)\n"
-            "    if epoch == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
-            "C.Checkpointer.on_epoch_end = end\n")
-    stopped = _child(stop, *args)
+    stopped = _child(SIGTERM_AFTER_EPOCH_2, *args)
     assert stopped.returncode == 75, stopped.stderr
     diverge = ("from trvae_cli.engine import callbacks as C\n"
                "orig = C.FiniteLoss.on_epoch_end\n"
@@ -374,13 +377,7 @@ def test_a_resumed_training_that_diverges_keeps_the_checkpoint_it_resumed_from(t
 def test_a_diverging_force_run_keeps_the_checkpoint_an_earlier_run_left(tiny_h5ad, tmp_path):
     """--force over an interrupted run's folder: a new run that diverges before writing a checkpoint
     of its own leaves the earlier run's checkpoint where it was (it removes only what it wrote)."""
-    stop = ("from trvae_cli.engine import checkpoint as C\n"
-            "orig = C.Checkpointer.on_epoch_end\n"
-            "def end(self, epoch, logs=None):\n"
-            "    orig(self, epoch, logs)\n"
-            "    if epoch == 1: os.kill(os.getpid(), signal.SIGTERM)\n"
-            "C.Checkpointer.on_epoch_end = end\n")
-    assert _child(stop, "train", tiny_h5ad, *TINY, "--epochs", "5", "--out", tmp_path / "m").returncode == 75
+    assert _child(SIGTERM_AFTER_EPOCH_2, "train", tiny_h5ad, *TINY, "--epochs", "5", "--out", tmp_path / "m").returncode == 75
     state = (tmp_path / "m" / "checkpoint" / "state.json").read_bytes()
     result = invoke("train", tiny_h5ad, *TINY, "--learning-rate", "1e6", "--force", "--out", tmp_path / "m")
     _exit_with(result, 2, "training diverged", "nothing was written")
