@@ -137,6 +137,24 @@ def test_cli_import_and_help_do_not_import_tensorflow_or_keras():
     assert proc.stdout.strip() == "", f"imported: {proc.stdout.strip()[:300]}"
 
 
+def test_a_data_error_in_train_is_said_before_the_backend_loads(tiny_h5ad, tmp_path):
+    # the data are read and checked first: a wrong obs key costs the reading, not TensorFlow's import (~4 s)
+    code = (
+        "import sys\n"
+        "import trvae_cli.cli\n"
+        "from click.testing import CliRunner\n"
+        f"r = CliRunner().invoke(trvae_cli.cli.main, ['train', {str(tiny_h5ad)!r}, '--condition', 'no_such_key',"
+        f" '--out', {str(tmp_path / 'm')!r}])\n"
+        "assert r.exit_code == 2, r.output\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"imported: {proc.stdout.strip()[:300]}"
+    assert not (tmp_path / "m").exists()
+
+
 # --------------------------------------------------------------------------- train + transform end to end
 
 def test_train_then_transform_out_of_sample(trained_model, tiny):

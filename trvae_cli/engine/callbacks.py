@@ -9,7 +9,7 @@ import time
 
 from ..config import TrainConfig
 from ..errors import TrvaeError
-from .progress import progress_callback
+from .progress_callbacks import progress_callback
 from ..backend import keras_module
 
 keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
@@ -127,7 +127,7 @@ def make_callbacks(s: TrainConfig, monitor: str, progress: str, console=None, in
     """(early stopping, LR schedule or None, every callback): the checks that every step of an epoch
     ran (``steps`` an epoch, :class:`EveryStepRan`) and that its loss is finite, timing, KL warm-up, the LR schedule, early
     stopping and progress, in the order they must run (``info``, ``compiling``: see
-    :func:`~trvae_cli.engine.progress.progress_callback`)."""
+    :func:`~trvae_cli.engine.progress_callbacks.progress_callback`)."""
     callbacks = [EveryStepRan(steps)] if steps else []
     callbacks += [FiniteLoss(), EpochTimer(), KLWarmup(s.kl_warmup)]
     if s.kl_warmup > 0:   # before the callbacks that read it
