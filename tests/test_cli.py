@@ -123,35 +123,31 @@ def test_version():
     assert result.stdout.strip() == f"trvae, version {trvae_cli.__version__}"
 
 
-def test_cli_import_and_help_do_not_import_tensorflow_or_keras():
+def _backend_modules_after(args, exit_code):
+    """The TensorFlow and Keras modules a fresh Python has imported once ``trvae ARGS`` has run (in-process)
+    and exited with ``exit_code``."""
     code = (
         "import sys\n"
         "import trvae_cli.cli\n"
         "from click.testing import CliRunner\n"
-        "assert CliRunner().invoke(trvae_cli.cli.main, ['train', '--help']).exit_code == 0\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
-        "print(','.join(heavy))\n"
+        f"r = CliRunner().invoke(trvae_cli.cli.main, {[str(a) for a in args]!r})\n"
+        f"assert r.exit_code == {exit_code}, r.output\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"imported: {proc.stdout.strip()[:300]}"
+    return proc.stdout.strip()
+
+
+def test_cli_import_and_help_do_not_import_tensorflow_or_keras():
+    heavy = _backend_modules_after(["train", "--help"], 0)
+    assert heavy == "", f"imported: {heavy[:300]}"
 
 
 def test_a_data_error_in_train_is_said_before_the_backend_loads(tiny_h5ad, tmp_path):
     # the data are read and checked first: a wrong obs key costs the reading, not TensorFlow's import (~4 s)
-    code = (
-        "import sys\n"
-        "import trvae_cli.cli\n"
-        "from click.testing import CliRunner\n"
-        f"r = CliRunner().invoke(trvae_cli.cli.main, ['train', {str(tiny_h5ad)!r}, '--condition', 'no_such_key',"
-        f" '--out', {str(tmp_path / 'm')!r}])\n"
-        "assert r.exit_code == 2, r.output\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
-        "print(','.join(heavy))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"imported: {proc.stdout.strip()[:300]}"
+    heavy = _backend_modules_after(["train", tiny_h5ad, "--condition", "no_such_key", "--out", tmp_path / "m"], 2)
+    assert heavy == "", f"imported: {heavy[:300]}"
     assert not (tmp_path / "m").exists()
 
 
