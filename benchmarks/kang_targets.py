@@ -26,29 +26,22 @@ SCARCHES_SEED0 = {
 ROUND = 3
 
 
-def full_value(fold: dict, method: str, key: str) -> float:
-    """A fold's full-set figure (mean over its seeds) for one method; NaN where it was not scored."""
-    entry = (fold.get("methods") or {}).get(method) or {}
-    v = (entry.get("metrics") or {}).get(key)
-    if isinstance(v, dict):
-        v = v.get("full")
-    return float("nan") if v is None else float(v)
-
-
 def fold_rows(folder: Path) -> dict[str, dict]:
     """Per fold: the decode ``--decode auto`` gives it, that decode's full-set R² of DEG means and
     variances and r of change (all genes), and the better reference's r of change."""
     from trvae_cli.compare import fold_decodes, read_validation
+    from trvae_cli.validation_report import entry_value
 
     report = read_validation(folder)
     decodes, _ = fold_decodes(report)
     out = {}
     for f in report["folds"]:
         d = decodes[f["cell_type"]]
-        refs = [full_value(f, m, "change_pearson_all") for m in ("identity", "mean shift")]
+        refs = [entry_value(f, m, "change_pearson_all") for m in ("identity", "mean shift")]
         refs = [r for r in refs if r == r]
-        out[f["cell_type"]] = {"decode": d, "means": full_value(f, d, "r2_mean_degs"),
-                               "vars": full_value(f, d, "r2_var_degs"), "change": full_value(f, d, "change_pearson_all"),
+        out[f["cell_type"]] = {"decode": d, "means": entry_value(f, d, "r2_mean_degs", "full"),
+                               "vars": entry_value(f, d, "r2_var_degs", "full"),
+                               "change": entry_value(f, d, "change_pearson_all"),
                                "change_ref": max(refs) if refs else float("nan")}
     return out
 

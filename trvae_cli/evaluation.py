@@ -29,8 +29,7 @@ Examples
 from __future__ import annotations
 
 import platform
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -305,7 +304,7 @@ class Prepared:
     candidates: list[Candidate]
     skipped: dict
     n_degs: int | None = None     # the top DEGs scored: --n-degs, at most the genes there are
-    notes: list = dataclasses.field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     def degs(self, n: int) -> np.ndarray:
         """Column indices of the real top-``n`` DEGs (target vs source)."""

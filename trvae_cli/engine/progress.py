@@ -65,7 +65,7 @@ def event_logger(progress: str) -> Callable[..., None]:
 
     def log(event: str, **fields) -> None:
         if mode == "json":
-            print(json_line({"event": event, "time": round(time.time(), 3), **fields}), file=sys.stderr, flush=True)
+            print(json_event(event, **fields), file=sys.stderr, flush=True)
         elif mode not in ("text", "rich"):
             return
         elif event == "checkpoint":
@@ -123,3 +123,8 @@ def json_line(record: dict) -> str:
         return v
 
     return json.dumps({k: clean(v) for k, v in record.items()}, separators=(",", ":"))
+
+
+def json_event(event: str, **fields) -> str:
+    """A progress event as one JSON line: ``event``, ``time`` (Unix seconds) and ``fields``."""
+    return json_line({"event": event, "time": round(time.time(), 3), **fields})

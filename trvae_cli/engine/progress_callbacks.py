@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from ..backend import keras_module
-from .progress import TERMS, duration, eta_seconds, format_terms, json_line, resolve_progress
+from .progress import TERMS, duration, eta_seconds, format_terms, json_event, resolve_progress
 
 keras = keras_module()   # quietly: TensorFlow logs nothing before it is configured
 
@@ -113,7 +112,7 @@ class JsonProgress(_Timed):
         self.info = dict(info or {})
 
     def _emit(self, event, **fields):
-        print(json_line({"event": event, "time": round(time.time(), 3), **fields}), file=self.stream, flush=True)
+        print(json_event(event, **fields), file=self.stream, flush=True)
 
     def on_train_begin(self, logs=None):
         self._emit("start", epochs=self.epochs, initial_epoch=self.initial_epoch, **self.info)
