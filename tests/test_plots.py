@@ -255,9 +255,16 @@ def test_plot_errors_leave_no_file(pred, eval_json, trained_model, work):
     assert (work / "h.png").read_bytes() == b"old"
     assert_ok(invoke("plot", "history", trained_model, "-o", work / "h.png", "--force"))
     assert_image(work / "h.png", "png")
-    # more top DEGs (the default 100) than the 40 genes: all of them are the DEGs, as in evaluate
-    assert_ok(invoke("plot", "regression", "--pred", pred, "-o", work / "r.png"))
+    # more top DEGs (the default 100) than the 40 genes: all of them are the DEGs, said as evaluate says it
+    res = invoke("plot", "regression", "--pred", pred, "-o", work / "r.png")
+    assert_ok(res)
+    assert "note: --n-degs 100 is more than the 40 genes: scoring the top 40" in res.stderr
     assert_image(work / "r.png", "png")
+    from trvae_cli.errors import TrvaeNote
+    from trvae_cli.plotting import plot_regression
+
+    with pytest.warns(TrvaeNote, match="more than the 40 genes"):     # a notebook is told too
+        plot_regression(pred, n_subsamples=0)
 
 
 def test_plot_help_lists_subcommands():

@@ -179,6 +179,12 @@ def test_a_transform_to_the_same_condition_says_what_it_is(trained_model, tiny_h
                     "control", "--out", tmp_path / "same.h5ad")
     assert_ok(result)
     assert "note: --from and --to are both control: the output is the model's reconstruction" in result.stderr
+    assert ad.read_h5ad(tmp_path / "same.h5ad").uns["trvae"]["notes"][0].startswith("--from and --to are both")
+    from trvae_cli import api
+    from trvae_cli.errors import TrvaeNote
+
+    with pytest.warns(TrvaeNote, match="reconstruction"):       # a notebook is told too
+        api.transform(trained_model, tiny_h5ad, source="control", target="control", write=False)
 
 
 def test_cells_are_written_only_to_an_h5ad_name(trained_model, tiny_h5ad, tmp_path):

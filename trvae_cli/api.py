@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .config import RunOptions, TrainSettings, resolve_settings
-from .errors import TrvaeError
+from .errors import TrvaeError, note
 from .outputs import check_target
 
 DEFAULT_MODEL_DIR = "trvae_model"
@@ -271,7 +271,8 @@ def transform(
     reason in ``uns["trvae"]["decode_choice"]``. ``decode=None`` is ``"auto"`` when the model holds a
     validation of this ``source`` -> ``target``, else the input kind's default (nothing recorded).
     ``draws=K`` (cells, random decodings) writes K independent draws of every cell, draw-major,
-    with ``obs["trvae_draw"]``.
+    with ``obs["trvae_draw"]``. ``source == target`` is allowed (the model's reconstruction, not a
+    transfer): it is said as a :class:`~trvae_cli.errors.TrvaeNote` and in ``uns["trvae"]["notes"]``.
 
     Parameters
     ----------
@@ -350,6 +351,9 @@ def transform(
                                      residual_scale=residual_scale, seed=seed, draws=draws))
             if choice is not None:
                 record["decode_choice"] = choice
+            if source == target:
+                record["notes"] = [f"--from and --to are both {source}: the output is the model's reconstruction "
+                                   "of the selected items under their own condition, not a transfer"]
             if out is not None:    # block by block (cells: one block in memory, not N x G)
                 pred = src.write_stream(stream, selection, setup, target, record, out)
             else:
@@ -358,6 +362,8 @@ def transform(
                 pred = src.prediction(collect(stream, sparse=src.sparse_output), selection, setup, target, record)
             if decoding.mode == "counterfactual" and residual_scale == "auto":
                 defaults["residual-scale"] = stream.residual_scale    # what auto resolved to
+        for message in record.get("notes", []):
+            note(message)
         return Prediction(pred, out, defaults, backed=backed)
     finally:
         src.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
+from contextlib import contextmanager
 
 import click
 
@@ -16,7 +18,7 @@ from . import __version__
 from .config import (ARCHS, CONDITION_INJECTIONS, DECODE_MODES, LOG_FORMATS, MMD_PLACEMENTS, NORMS, OUTPUT_ACTIVATIONS,
                      PRECISIONS, PRESETS, RECONSTRUCTION_LOSSES, RESIDUAL_SCALES, STRATEGIES, RunOptions,
                      TrainSettings)
-from .errors import TrvaeError
+from .errors import TrvaeError, TrvaeNote
 
 D = TrainSettings()
 
@@ -180,6 +182,25 @@ def _write_rows(formatter: click.HelpFormatter, rows, col: int) -> None:
             formatter.write(f"{indent}{' ' * (col + 2)}{line}\n")
 
 
+@contextmanager
+def _notes_as_lines():
+    """The library's :class:`~trvae_cli.errors.TrvaeNote` warnings as one ``note:`` line each on
+    stderr; every other warning is shown as Python shows it."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TrvaeNote):
+            _err(f"note: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 class TrvaeGroup(click.Group):
     """Turns TrvaeError into one line on stderr and its exit code (2; 75 when interrupted), no traceback;
     click's own usage errors become the same one ``error:`` line (``--help`` shows the usage)."""
@@ -200,7 +221,8 @@ class TrvaeGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _notes_as_lines():
+                return super().invoke(ctx)
         except TrvaeError as exc:
             _err(f"error: {exc}")
             ctx.exit(exc.exit_code)
@@ -696,9 +718,6 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
             else:
                 _err(f"--decode auto: {choice['chosen']}, the default ({choice.get('reason', 'no validation result')})")
         what = "transformed images" if pred.images is not None else "predicted cells"
-        if source == target:
-            _err(f"note: --from and --to are both {source}: the output is the model's reconstruction of the "
-                 "selected items under their own condition, not a transfer")
         _err(f"wrote {pred.adata.n_obs} {what} ({source} -> {target}) to {pred.path}")
     click.echo(str(pred.path))
 

@@ -1,8 +1,13 @@
-"""The one exception type that means "the user asked for something impossible".
+"""The one exception type that means "the user asked for something impossible", and the one
+warning type that means "done, but read this".
 
 The CLI turns a :class:`TrvaeError` into one line on stderr and its ``exit_code``
-(2), with no traceback; any other exception is a bug and keeps its traceback.
+(2), with no traceback; any other exception is a bug and keeps its traceback. A
+:class:`TrvaeNote` is a Python warning, so a notebook shows it as one; the CLI prints it
+as one ``note:`` line on stderr.
 """
+
+import warnings
 
 
 class TrvaeError(Exception):
@@ -15,3 +20,15 @@ class Interrupted(TrvaeError):
     """Training stopped on SIGTERM / SIGINT after writing a checkpoint (exit status 75)."""
 
     exit_code = 75
+
+
+class TrvaeNote(UserWarning):
+    """Something the user should know about a result that was made as asked (a library function's
+    counterpart of the CLI's ``note:`` lines)."""
+
+
+def note(message: str) -> None:
+    """Tell the caller of a library function ``message`` as a :class:`TrvaeNote` (shown every time)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TrvaeNote)
+        warnings.warn(message, TrvaeNote, stacklevel=3)

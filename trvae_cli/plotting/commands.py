@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import metrics as M
-from ..errors import TrvaeError
+from ..errors import TrvaeError, note
 from ..evaluation import R2_METRICS, prepare, provenance
 from ..evaluation import summarise   # evaluate's mean ± sd of subsampled figures
 from .figures import (
@@ -108,6 +108,8 @@ def plot_regression(pred: str | Path, out: str | Path | None = None, *, variance
         raise TrvaeError(f"--subsample-fraction must be in (0, 1], got {subsample_fraction}")
     out = _check_out(out, force, pred, task.get("real"))
     prep = prepare([pred], n_degs=n_degs, references=False, **task)
+    for message in prep.notes:      # e.g. --n-degs above the gene count, as evaluate says it
+        note(message)
     cand = prep.candidates[0]
     stat = M.gene_variances if variance else M.gene_means
     real, predicted = stat(prep.target), stat(cand.x)
