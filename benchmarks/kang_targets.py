@@ -5,7 +5,8 @@
 For each fold (held-out cell type) it takes the decode that ``--decode auto`` would give that fold
 (the validation's rule, from the *other* folds: ``chosen_decode.rule_per_fold``), and prints that
 decode's full-set R² of the top-DEG means and variances (mean over the validation's seeds) next to
-scArches TRVAE's seed-0 figures of issue 18's table, and its r of change over all genes next to the
+the identity's and the mean shift's (read off the first folder) and scArches TRVAE's seed-0 figures
+of issue 18's table, and its r of change over all genes next to the
 better of identity and mean shift. Then how many of the 14 R² targets and of the 7 change targets
 each folder meets. The scArches figures are the issue's, measured once (scArches 0.6.1, tutorial
 settings); ``peers.py`` re-measures scArches on NK only.
@@ -42,7 +43,10 @@ def fold_rows(folder: Path) -> dict[str, dict]:
         out[f["cell_type"]] = {"decode": d, "means": entry_value(f, d, "r2_mean_degs", "full"),
                                "vars": entry_value(f, d, "r2_var_degs", "full"),
                                "change": entry_value(f, d, "change_pearson_all"),
-                               "change_ref": max(refs) if refs else float("nan")}
+                               "change_ref": max(refs) if refs else float("nan"),
+                               "references": {m: (entry_value(f, m, "r2_mean_degs", "full"),
+                                                  entry_value(f, m, "r2_var_degs", "full"))
+                                              for m in ("identity", "mean shift")}}
     return out
 
 
@@ -58,12 +62,15 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names = [f.name for f in args.folders]
-    head = ["held out", "scArches means / vars"] + [f"{n}: means / vars / change (ref)" for n in names]
+    head = (["held out", "identity means / vars", "mean shift means / vars", "scArches means / vars"]
+            + [f"{n}: means / vars / change (ref)" for n in names])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     met = {f: [0, 0, 0, 0] for f in args.folders}     # DEG means, DEG variances, change, cell types compared
     for ct, (sm, sv) in SCARCHES_SEED0.items():
-        cells = [ct, f"{sm:.3f} / {sv:.3f}"]
+        first = tables[args.folders[0]].get(ct)     # the references do not depend on the model's settings
+        cells = [ct] + [f"{first['references'][m][0]:.3f} / {first['references'][m][1]:.3f}" if first else "–"
+                        for m in ("identity", "mean shift")] + [f"{sm:.3f} / {sv:.3f}"]
         for f in args.folders:
             r = tables[f].get(ct)
             if r is None:

@@ -46,6 +46,7 @@ def test_targets_counted_with_each_folds_rule_decode(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "**0.976** / **0.719** / **0.850** (0.800) mean" in rows["CD14+Mono"]
+    assert rows["CD14+Mono"].split("|")[2:5] == [" 0.300 / 0.100 ", " 0.800 / 0.100 ", " 0.976 / 0.719 "]
     # NK's DEG variances 0.600 beat scArches' 0.564; its DEG means and change do not
     assert "0.946 / **0.600** / 0.790 (0.800) counterfactual" in rows["NK"]
     assert "–" in rows["B"]
