@@ -9,6 +9,7 @@ import csv
 import errno
 import json
 import shutil
+import subprocess
 
 import anndata as ad
 import click
@@ -56,6 +57,19 @@ def leftovers(folder):
 
 
 # --------------------------------------------------------------------------- the run
+
+def test_a_fold_runs_this_code_whatever_the_working_directory_holds(tmp_path):
+    """A ``trvae_cli`` folder in the working directory (another checkout) was imported by the fold
+    processes (``python -m`` puts the working directory first), so the folds trained other code."""
+    decoy = tmp_path / "trvae_cli"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("print('DECOY')\nraise SystemExit(3)\n")
+    (decoy / "validate.py").write_text("")
+    command = V.fold_command({})[:-3] + ["-c", "import trvae_cli; print(trvae_cli.__file__)"]
+    out = subprocess.run(command, cwd=tmp_path, env=V._fold_env(1), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == V.__file__.replace("validate.py", "__init__.py")
+    assert V.fold_command({"a": 1})[-3:] == ["-m", "trvae_cli.validate", '{"a": 1}']
+
 
 
 def test_folds_are_listed_run_and_written(run):

@@ -304,6 +304,12 @@ def fold_units(folds: Sequence[str], seeds: Sequence[int]) -> dict[str, tuple[st
 
 # --------------------------------------------------------------------------- running the folds
 
+def fold_command(spec: dict) -> list[str]:
+    """A fold's process. ``-P``: ``-m`` would put the working directory first on ``sys.path``, so a
+    ``trvae_cli`` folder there (another checkout) would train the folds instead of this code."""
+    return [sys.executable, "-P", "-m", "trvae_cli.validate", json.dumps(spec)]
+
+
 def _fold_env(threads: int) -> dict:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -342,8 +348,8 @@ def _run_folds(pending: list[str], specs: dict[str, dict], out: Path, jobs: int,
                     t = queue.pop(0)
                     log_path = out / "logs" / f"{_file_name(t)}.log"
                     with open(log_path, "w") as log:
-                        proc = subprocess.Popen([sys.executable, "-m", "trvae_cli.validate", json.dumps(specs[t])],
-                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+                        proc = subprocess.Popen(fold_command(specs[t]), stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, env=env)
                     running[proc] = (t, log_path)
                 for proc in [p for p in running if p.poll() is not None]:
                     t, log_path = running.pop(proc)
