@@ -8,7 +8,8 @@ decode's full-set R² of the top-DEG means and variances (mean over the validati
 the identity's and the mean shift's (read off the first folder) and scArches TRVAE's seed-0 figures
 of issue 18's table, and its r of change over all genes next to the
 better of identity and mean shift. Then how many of the 14 R² targets and of the 7 change targets
-each folder meets. The scArches figures are the issue's, measured once (scArches 0.6.1, tutorial
+each folder meets. ``--against references`` makes the R² targets the better of identity and mean
+shift on each fold instead (strictly above, as the issue's Haber goal asks), for any data set. The scArches figures are the issue's, measured once (scArches 0.6.1, tutorial
 settings); ``peers.py`` re-measures scArches on NK only.
 """
 
@@ -27,9 +28,10 @@ SCARCHES_SEED0 = {
 ROUND = 3
 
 
-def fold_rows(folder: Path) -> dict[str, dict]:
-    """Per fold: the decode ``--decode auto`` gives it, that decode's full-set R² of DEG means and
-    variances and r of change (all genes), and the better reference's r of change."""
+def fold_rows(folder: Path, decode: str = "auto") -> dict[str, dict]:
+    """Per fold: the decode ``--decode auto`` gives it (or ``decode`` on every fold), that decode's
+    full-set R² of DEG means and variances and r of change (all genes), and the better reference's
+    r of change."""
     from trvae_cli.compare import fold_decodes, read_validation
     from trvae_cli.validation_report import entry_value
 
@@ -37,7 +39,7 @@ def fold_rows(folder: Path) -> dict[str, dict]:
     decodes, _ = fold_decodes(report)
     out = {}
     for f in report["folds"]:
-        d = decodes[f["cell_type"]]
+        d = decodes[f["cell_type"]] if decode == "auto" else decode
         refs = [entry_value(f, m, "change_pearson_all") for m in ("identity", "mean shift")]
         refs = [r for r in refs if r == r]
         out[f["cell_type"]] = {"decode": d, "means": entry_value(f, d, "r2_mean_degs", "full"),
@@ -53,22 +55,35 @@ def fold_rows(folder: Path) -> dict[str, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", type=Path, help="trvae validate --out folders")
+    p.add_argument("--against", choices=("scarches", "references"), default="scarches",
+                   help="the R² targets: scArches' Kang figures (issue 18's table), or the better of identity "
+                        "and mean shift on each fold (any data set: issue 18's Haber check)")
+    p.add_argument("--decode", choices=("auto", "counterfactual", "mean"), default="auto",
+                   help="auto: each fold's decode by the validation's rule, as transform --decode auto gives it; "
+                        "else this decode on every fold")
     args = p.parse_args(argv)
     from trvae_cli.errors import TrvaeError
 
     try:
-        tables = {f: fold_rows(f) for f in args.folders}
+        tables = {f: fold_rows(f, args.decode) for f in args.folders}
     except TrvaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names = [f.name for f in args.folders]
-    head = (["held out", "identity means / vars", "mean shift means / vars", "scArches means / vars"]
+    target = "scArches" if args.against == "scarches" else "better reference"
+    head = (["held out", "identity means / vars", "mean shift means / vars", f"{target} means / vars"]
             + [f"{n}: means / vars / change (ref)" for n in names])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     met = {f: [0, 0, 0, 0] for f in args.folders}     # DEG means, DEG variances, change, cell types compared
-    for ct, (sm, sv) in SCARCHES_SEED0.items():
-        first = tables[args.folders[0]].get(ct)     # the references do not depend on the model's settings
+    first_table = tables[args.folders[0]]          # the references do not depend on the model's settings
+    if args.against == "scarches":
+        targets = SCARCHES_SEED0
+    else:
+        targets = {ct: tuple(max(round(r["references"][m][i], ROUND) for m in ("identity", "mean shift"))
+                             for i in (0, 1)) for ct, r in first_table.items()}
+    for ct, (sm, sv) in targets.items():
+        first = first_table.get(ct)
         cells = [ct] + [f"{first['references'][m][0]:.3f} / {first['references'][m][1]:.3f}" if first else "–"
                         for m in ("identity", "mean shift")] + [f"{sm:.3f} / {sv:.3f}"]
         for f in args.folders:
@@ -76,8 +91,9 @@ def main(argv=None) -> int:
             if r is None:
                 cells.append("–")
                 continue
-            ok_m = round(r["means"], ROUND) >= sm
-            ok_v = round(r["vars"], ROUND) >= sv
+            # the issue: "≥ scArches", but "above the better of identity and mean shift"
+            beats = (lambda x, t: round(x, ROUND) >= t) if args.against == "scarches" else (lambda x, t: round(x, ROUND) > t)
+            ok_m, ok_v = beats(r["means"], sm), beats(r["vars"], sv)
             ok_c = r["change"] > r["change_ref"]
             met[f][0] += ok_m
             met[f][1] += ok_v

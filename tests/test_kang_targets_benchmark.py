@@ -58,3 +58,22 @@ def test_a_folder_without_a_validation_is_one_line(tmp_path, capsys):
     assert bench.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no validation result in") and err.count("\n") == 1
+
+
+def test_against_the_references_each_fold_must_beat_the_better_of_identity_and_mean_shift(tmp_path, capsys):
+    bench = load_benchmark("kang_targets")
+    refs = {"identity": _method(0.3, 0.2, 0.70), "mean shift": _method(0.8, 0.1, 0.80)}
+    folds = {"A": {**refs, "counterfactual": _method(0.81, 0.25, 0.9), "mean": _method(0.1, 0.1, 0.1)},
+             # equal to the better reference at three decimals is not above it
+             "B": {**refs, "counterfactual": _method(0.1, 0.1, 0.1), "mean": _method(0.8004, 0.2, 0.5)}}
+    folder = _write(tmp_path / "haber", folds, {"A": "counterfactual", "B": "mean"})
+    assert bench.main(["--against", "references", str(folder)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert rows["A"].split("|")[4] == " 0.800 / 0.200 "       # the better of each, not of one method
+    assert "**0.810** / **0.250** / **0.900** (0.800) counterfactual" in rows["A"]
+    assert "0.800 / 0.200 / 0.500 (0.800) mean" in rows["B"]
+    assert "haber: R² targets met 2 of 4 (DEG means 1, DEG variances 1); r of change above the better reference on 1 of 2" in out
+
+    assert bench.main(["--against", "references", "--decode", "mean", str(folder)]) == 0    # one decode everywhere
+    assert "haber: R² targets met 0 of 4" in capsys.readouterr().out
