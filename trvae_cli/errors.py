@@ -27,8 +27,11 @@ class TrvaeNote(UserWarning):
     counterpart of the CLI's ``note:`` lines)."""
 
 
+# shown every time, not once per line of the caller; a user's own filter (added later, so before
+# this one in the list) still wins, e.g. ``warnings.simplefilter("ignore", TrvaeNote)``
+warnings.filterwarnings("always", category=TrvaeNote, append=True)
+
+
 def note(message: str) -> None:
-    """Tell the caller of a library function ``message`` as a :class:`TrvaeNote` (shown every time)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", TrvaeNote)
-        warnings.warn(message, TrvaeNote, stacklevel=3)
+    """Tell the caller of a library function ``message`` as a :class:`TrvaeNote`."""
+    warnings.warn(message, TrvaeNote, stacklevel=3)
