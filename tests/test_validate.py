@@ -240,11 +240,14 @@ def test_train_validate_resumes_the_folds_then_decode_auto_uses_them(run, partia
     assert report["training"] == cfg["training"] and cfg["data"]["exclude"] == []
     chosen = report["chosen_decode"]
 
+    expected = {}
+
     def choice_of(*args):
         pred = tmp_path / f"p{len(list(tmp_path.glob('p*.h5ad')))}.h5ad"
         res = invoke("transform", *args, "--out", pred)
         assert_ok(res)
         uns = ad.read_h5ad(pred).uns["trvae"]
+        expected["last"] = uns.get("expected")
         return uns.get("decode_choice"), uns["decode"], res.stderr
 
     for extra in ((), ("--decode", "auto")):     # a validated model: auto is the default
@@ -254,10 +257,26 @@ def test_train_validate_resumes_the_folds_then_decode_auto_uses_them(run, partia
         assert int(choice["folds"]) == 2
         assert {k: float(v) for k, v in choice["scores"].items()} == pytest.approx(chosen["scores"])
         assert f"--decode auto: {chosen['chosen']}, the best over the model's 2 held-out cell types" in err
+        # how far to trust it: the verdict's figures for this decode, and T's own fold (T was held out there)
+        got, summary = expected["last"], report["summary"][decode]
+        assert got["decode"] == decode and int(got["folds"]) == 2
+        for metric in ("r2_mean_degs", "r2_var_degs", "change_pearson_all"):
+            assert float(got["over_folds"][metric]["mean"]) == pytest.approx(summary[metric]["mean"])
+            assert float(got["over_folds"][metric]["sd"]) == pytest.approx(summary[metric]["sd"])
+        own = {f["cell_type"]: f for f in report["folds"]}["T"]["methods"][decode]["metrics"]
+        assert got["own_fold"]["cell_type"] == "T" and "nearest" not in got
+        assert float(got["own_fold"]["r2_mean_degs"]) == pytest.approx(own["r2_mean_degs"]["mean"])
+        m = summary["r2_mean_degs"]
+        assert (f"expected quality, from the model's validation ({decode}, over 2 held-out cell types): "
+                f"R² of DEG means {m['mean']:.3f} ± {m['sd']:.3f}") in err
+        assert f"; T, its own fold: {own['r2_mean_degs']['mean']:.3f} / " in err
     choice, decode, _ = choice_of("--model", model, "--from", "stimulated", "--to", "control", "--decode", "auto")
     assert choice["by"] == "default" and decode == "counterfactual" and "not stimulated -> control" in choice["reason"]
     choice, decode, _ = choice_of("--model", model, "--from", "control", "--to", "stimulated", "--decode", "mean")
     assert choice is None and decode == "mean"                       # an explicit mode is just that
+    assert expected["last"]["decode"] == "mean" and "own_fold" not in expected["last"]   # ... with its figures
+    assert float(expected["last"]["over_folds"]["r2_var_degs"]["mean"]) == pytest.approx(
+        report["summary"]["mean"]["r2_var_degs"]["mean"])
     # the folds' seed is a replicate (train --validate --seeds 1,2 trains the model at --seed): another seed
     # still takes the validation's choice, another setting does not
     def direct(training):
@@ -274,9 +293,10 @@ def test_train_validate_resumes_the_folds_then_decode_auto_uses_them(run, partia
                                     "--cell-type", "T", "--decode", "auto")
     assert choice["by"] == "default" and choice["chosen"] == decode == "counterfactual" and int(choice["folds"]) == 0
     assert "the default (the model holds no validation result" in err
-    choice, decode, _ = choice_of("--model", unvalidated, "--from", "control", "--to", "stimulated",
-                                  "--cell-type", "T")
+    choice, decode, err = choice_of("--model", unvalidated, "--from", "control", "--to", "stimulated",
+                                    "--cell-type", "T")
     assert choice is None and decode == "counterfactual"
+    assert expected["last"] is None and "expected quality" not in err    # nothing measured, nothing said
 
 
 # --------------------------------------------------------------------------- help
@@ -392,6 +412,12 @@ def test_decode_auto_takes_the_nearest_validated_cell_type_s_choice(run, partial
 
     choice, decode, err = predict("T")      # T's own fold is never its answer: B is the nearest other
     assert choice["nearest"] == "B" and decode == choice["chosen"] == "mean"
+    expected = ad.read_h5ad(sorted(tmp_path.glob("T*.h5ad"))[-1]).uns["trvae"]["expected"]
+    folds = {f["cell_type"]: f for f in report["folds"]}
+    assert expected["nearest"]["cell_type"] == "B" and expected["own_fold"]["cell_type"] == "T"
+    assert float(expected["nearest"]["r2_var_degs"]) == pytest.approx(
+        folds["B"]["methods"]["mean"]["metrics"]["r2_var_degs"]["mean"])
+    assert "; B, the validated cell type nearest to these cells: " in err
     assert choice["data_set_choice"] == "counterfactual" and choice["rule"] == R.NEAREST_RULE
     assert float(choice["distance"]) == pytest.approx(1e-3 * np.sqrt(len(genes)), rel=1e-3)
     assert "--decode auto: mean, the best on B, the validated cell type nearest to T" in err
@@ -538,3 +564,19 @@ def test_a_fold_recorded_before_a_setting_existed_still_counts_as_finished(tmp_p
         path.write_text(json.dumps({"format": V.FOLD_FORMAT, "cell_type": name, "seed": 0,
                                     "settings": {"data": "/d.h5ad", "training": training}}))
     assert list(V._finished(tmp_path, units, compared)) == ["T"]
+
+
+def test_expected_quality_is_what_the_validation_measured_for_that_decode():
+    fold = {"cell_type": "T", "methods": {"mean": {"metrics": {"r2_mean_degs": {"mean": 0.9, "full": 0.95},
+                                                               "r2_var_degs": {"mean": 0.5}, "change_pearson_all": 0.8}}}}
+    report = {"folds": [fold, {"cell_type": "B", "methods": {}}],
+              "summary": {"mean": {"r2_mean_degs": {"mean": 0.85, "sd": 0.05}, "r2_var_degs": {"mean": 0.4, "sd": 0.1}}}}
+    got = V.expected_quality(report, "mean", group="T", nearest="X")       # X: not a validated cell type
+    assert got == {"decode": "mean", "folds": 2,
+                   "over_folds": {"r2_mean_degs": {"mean": 0.85, "sd": 0.05}, "r2_var_degs": {"mean": 0.4, "sd": 0.1}},
+                   "own_fold": {"cell_type": "T", "r2_mean_degs": 0.9, "r2_var_degs": 0.5, "change_pearson_all": 0.8}}
+    assert V.expected_quality(report, "counterfactual") is None           # not scored: nothing to say
+    line = R.expected_line(got)
+    assert line == ("expected quality, from the model's validation (mean, over 2 held-out cell types): R² of DEG "
+                    "means 0.850 ± 0.050, of DEG variances 0.400 ± 0.100; T, its own fold: 0.900 / 0.500 / 0.800 "
+                    "(DEG means / variances / change)")

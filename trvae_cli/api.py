@@ -351,6 +351,9 @@ def transform(
                                      residual_scale=residual_scale, seed=seed, draws=draws))
             if choice is not None:
                 record["decode_choice"] = choice
+            expected = _expected_quality(model_dir, cfg, source, target, decoding.mode, selection.group, choice)
+            if expected is not None:
+                record["expected"] = expected
             if source == target:
                 record["notes"] = [f"--from and --to are both {source}: the output is the model's reconstruction "
                                    "of the selected items under their own condition, not a transfer"]
@@ -367,6 +370,17 @@ def transform(
         return Prediction(pred, out, defaults, backed=backed)
     finally:
         src.close()
+
+
+def _expected_quality(model_dir, cfg, source, target, decode, group, choice) -> dict | None:
+    """The model's validation figures for this decode (:func:`trvae_cli.validate.expected_quality`), or
+    None when the model holds no validation of this task with its own settings."""
+    from .validate import expected_quality, model_validation
+
+    report, _ = model_validation(model_dir, cfg, source=source, target=target)
+    if report is None:
+        return None
+    return expected_quality(report, decode, group=group, nearest=(choice or {}).get("nearest"))
 
 
 def _prediction_stream(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, command):

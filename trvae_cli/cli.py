@@ -717,6 +717,11 @@ def transform(ctx, model_dir, data, source, target, out, cell_type, domain, cond
                      f"cell types (mean of DEG-mean and DEG-var R²: {scores})")
             else:
                 _err(f"--decode auto: {choice['chosen']}, the default ({choice.get('reason', 'no validation result')})")
+        expected = pred.adata.uns.get("trvae", {}).get("expected")
+        if expected is not None:
+            from .validation_report import expected_line
+
+            _err(expected_line(expected))
         what = "transformed images" if pred.images is not None else "predicted cells"
         _err(f"wrote {pred.adata.n_obs} {what} ({source} -> {target}) to {pred.path}")
     click.echo(str(pred.path))

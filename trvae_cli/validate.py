@@ -57,8 +57,9 @@ import numpy as np
 
 from .config import SCORED_DECODES, RunOptions, TrainSettings, resolve_settings
 from .errors import Interrupted, TrvaeError
-from .validation_report import (CENTROIDS, CRITERION, DATA_SET_RULE, NEAREST_RULE, REFERENCES, fold_entry, fold_value,
-                                merge_seeds, nearest_folds, read_centroids, summarize, write_reports)
+from .validation_report import (CENTROIDS, CRITERION, DATA_SET_RULE, EXPECTED_METRICS, NEAREST_RULE, REFERENCES,
+                                entry_value, fold_entry, fold_value, merge_seeds, nearest_folds, read_centroids,
+                                summarize, write_reports)
 
 FORMAT = "trvae-validation"
 FOLD_FORMAT = "trvae-validation-fold"
@@ -699,6 +700,48 @@ def unseeded(training) -> dict | None:
     return {k: v for k, v in training.items() if k != "seed" and v is not None}
 
 
+def model_validation(model_dir: str | Path, cfg: Mapping, *, source: str, target: str) -> tuple[dict | None, str]:
+    """(the validation the model holds, "") when it validated this ``source`` -> ``target`` with the
+    model's own training settings (the seed may differ); else (None, why not)."""
+    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
+    if not path.is_file():
+        return None, "the model holds no validation result (trvae train --validate)"
+    try:
+        v = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, f"{path} is unreadable"
+    if not isinstance(v, dict) or v.get("format") != FORMAT or not (v.get("chosen_decode") or {}).get("chosen"):
+        return None, f"{path} is not a trvae validation result"
+    s = v.get("settings", {})
+    if (s.get("from"), s.get("to")) != (source, target):
+        return None, f"the validation predicted {s.get('from')} -> {s.get('to')}, not {source} -> {target}"
+    if unseeded(v.get("training")) != unseeded(cfg.get("training")):
+        return None, "the validation's training settings are not the model's"
+    return v, ""
+
+
+def expected_quality(report: Mapping, decode: str, *, group: str | None = None,
+                     nearest: str | None = None) -> dict | None:
+    """What a validation measured for ``decode`` on cell types it held out, for a transform to say how
+    far to trust its prediction: per metric of :data:`EXPECTED_METRICS`, the mean and sd over the
+    folds (the verdict's figures: subsample means), and how many folds; then the figures of the fold
+    of ``nearest`` (the validated cell type nearest to the cells predicted, when the decode rule
+    found it) and of ``group``'s own fold (when the cell type predicted was validated: held out there).
+    None when the validation did not score ``decode``."""
+    summary = (report.get("summary") or {}).get(decode)
+    if not summary:
+        return None
+    out: dict = {"decode": decode, "folds": len(report.get("folds", [])),
+                 "over_folds": {m: {k: float(summary[m][k]) for k in ("mean", "sd") if summary[m].get(k) is not None}
+                                for m in EXPECTED_METRICS if isinstance(summary.get(m), dict)}}
+    folds = {f["cell_type"]: f for f in report.get("folds", [])}
+    for key, cell_type in (("nearest", nearest), ("own_fold", group)):
+        if cell_type in folds:
+            out[key] = {"cell_type": cell_type,
+                        **{m: entry_value(folds[cell_type], decode, m) for m in EXPECTED_METRICS}}
+    return out
+
+
 def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str,
                   group: str | None = None, group_mean: Callable[[], tuple[np.ndarray, Sequence[str]]] | None = None
                   ) -> dict:
@@ -712,24 +755,10 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     predicts one cell type ``group``, ``group_mean()`` (its source cells' mean expression and the gene
     names) finds the validated cell type nearest to it (never ``group`` itself), whose best decode
     is chosen (``nearest``, ``distance``; ``data_set_choice`` is what the data set's choice was)."""
-    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
-
-    def fallback(reason: str) -> dict:
+    v, reason = model_validation(model_dir, cfg, source=source, target=target)
+    if v is None:
         return {"chosen": default, "by": "default", "scores": {}, "folds": 0, "reason": reason}
-
-    if not path.is_file():
-        return fallback("the model holds no validation result (trvae train --validate)")
-    try:
-        v = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return fallback(f"{path} is unreadable")
-    if not isinstance(v, dict) or v.get("format") != FORMAT or not (v.get("chosen_decode") or {}).get("chosen"):
-        return fallback(f"{path} is not a trvae validation result")
-    s = v.get("settings", {})
-    if (s.get("from"), s.get("to")) != (source, target):
-        return fallback(f"the validation predicted {s.get('from')} -> {s.get('to')}, not {source} -> {target}")
-    if unseeded(v.get("training")) != unseeded(cfg.get("training")):
-        return fallback("the validation's training settings are not the model's")
+    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
     c = v["chosen_decode"]
     choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
                                                                      if x is not None},

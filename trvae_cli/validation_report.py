@@ -314,6 +314,27 @@ def entry_value(fold_entry: Mapping, method: str, metric: str, part: str = "mean
     return float("nan") if v is None else float(v)
 
 
+#: the figures a transform is told to expect (:func:`trvae_cli.validate.expected_quality`): the verdict's
+EXPECTED_METRICS = ("r2_mean_degs", "r2_var_degs", "change_pearson_all")
+
+
+def expected_line(expected: Mapping) -> str:
+    """One line of what :func:`trvae_cli.validate.expected_quality` found, for transform's stderr."""
+    def figures(values: Mapping) -> str:
+        return " / ".join(f"{float(values.get(m, float('nan'))):.3f}" for m in EXPECTED_METRICS)
+
+    over = expected.get("over_folds", {})
+    spread = ", ".join(f"{label} {over[m]['mean']:.3f} ± {over[m].get('sd', float('nan')):.3f}"
+                       for m, label in zip(EXPECTED_METRICS, ("R² of DEG means", "of DEG variances",
+                                                              "r of change (all genes)")) if m in over)
+    line = (f"expected quality, from the model's validation ({expected['decode']}, over {int(expected['folds'])} "
+            f"held-out cell types): {spread}")
+    for key, what in (("nearest", "the validated cell type nearest to these cells"), ("own_fold", "its own fold")):
+        if key in expected:
+            line += f"; {expected[key]['cell_type']}, {what}: {figures(expected[key])} (DEG means / variances / change)"
+    return line
+
+
 CENTROIDS = "validation_centroids.npz"
 
 
