@@ -323,13 +323,15 @@ def transform(
             decoding = Decoding(decode, residual_scale, seed, draws).validate()
         setup.check(src)
         selection = src.select(setup, source, group, condition_key=condition_key, cell_type_key=cell_type_key)
+        from .validate import decode_choice, expected_quality, model_validation, rows_mean
+
+        validation = model_validation(model_dir, cfg, source=source, target=target)   # read once, used twice
         choice = None     # --decode auto: the model's validation decides; none given: auto only if it holds one
         if not explicit:
-            from .validate import decode_choice, rows_mean
-
             choice = decode_choice(model_dir, cfg, source=source, target=target, default=src.default_decode,
                                    group=selection.group,
-                                   group_mean=lambda: (rows_mean(src, selection.rows), list(setup.var_names)))
+                                   group_mean=lambda: (rows_mean(src, selection.rows), list(setup.var_names)),
+                                   validation=validation)
             if decode is None and choice["by"] != "validation":
                 choice = None      # no validation of this task: today's default, nothing recorded
             elif decode is None:
@@ -351,7 +353,9 @@ def transform(
                                      residual_scale=residual_scale, seed=seed, draws=draws))
             if choice is not None:
                 record["decode_choice"] = choice
-            expected = _expected_quality(model_dir, cfg, source, target, decoding.mode, selection.group, choice)
+            report = validation[0]
+            expected = None if report is None else expected_quality(report, decoding.mode, group=selection.group,
+                                                                    nearest=(choice or {}).get("nearest"))
             if expected is not None:
                 record["expected"] = expected
             if source == target:
@@ -370,17 +374,6 @@ def transform(
         return Prediction(pred, out, defaults, backed=backed)
     finally:
         src.close()
-
-
-def _expected_quality(model_dir, cfg, source, target, decode, group, choice) -> dict | None:
-    """The model's validation figures for this decode (:func:`trvae_cli.validate.expected_quality`), or
-    None when the model holds no validation of this task with its own settings."""
-    from .validate import expected_quality, model_validation
-
-    report, _ = model_validation(model_dir, cfg, source=source, target=target)
-    if report is None:
-        return None
-    return expected_quality(report, decode, group=group, nearest=(choice or {}).get("nearest"))
 
 
 def _prediction_stream(model_dir, cfg, src, setup, selection, source, target, decoding, batch_size, command):

@@ -47,11 +47,11 @@ CRITERION = ("per fold, the average of the R² of DEG means and of DEG variances
 def read_validation(path: str | Path) -> dict:
     """A validation folder's ``validation.json`` (a ``trvae validate`` folder or ``MODEL/validation``)."""
     from .validate import FORMAT as VALIDATION_FORMAT
-    from .validate import VALIDATION_DIR
+    from .validate import validation_path
 
     path = Path(path)
-    if (path / VALIDATION_DIR / "validation.json").is_file() and not (path / "validation.json").is_file():
-        path = path / VALIDATION_DIR          # a model directory of `trvae train --validate`
+    if validation_path(path).is_file() and not (path / "validation.json").is_file():
+        path = validation_path(path).parent     # a model directory of `trvae train --validate`
     file = path / "validation.json"
     if not file.is_file():
         raise TrvaeError(f"no validation result in {path} (expected {file}, from trvae validate)")

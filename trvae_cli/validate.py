@@ -700,10 +700,15 @@ def unseeded(training) -> dict | None:
     return {k: v for k, v in training.items() if k != "seed" and v is not None}
 
 
+def validation_path(model_dir: str | Path) -> Path:
+    """Where a model directory holds its validation (``trvae train --validate``)."""
+    return Path(model_dir) / VALIDATION_DIR / "validation.json"
+
+
 def model_validation(model_dir: str | Path, cfg: Mapping, *, source: str, target: str) -> tuple[dict | None, str]:
     """(the validation the model holds, "") when it validated this ``source`` -> ``target`` with the
     model's own training settings (the seed may differ); else (None, why not)."""
-    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
+    path = validation_path(model_dir)
     if not path.is_file():
         return None, "the model holds no validation result (trvae train --validate)"
     try:
@@ -743,8 +748,8 @@ def expected_quality(report: Mapping, decode: str, *, group: str | None = None,
 
 
 def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: str, default: str,
-                  group: str | None = None, group_mean: Callable[[], tuple[np.ndarray, Sequence[str]]] | None = None
-                  ) -> dict:
+                  group: str | None = None, group_mean: Callable[[], tuple[np.ndarray, Sequence[str]]] | None = None,
+                  validation: tuple[dict | None, str] | None = None) -> dict:
     """What ``trvae transform --decode auto`` decodes with: the mode the model's validation chose
     (``MODEL_DIR/validation/validation.json``, from the held-out folds only) when it validated this
     ``source`` -> ``target`` with the model's own training settings; else ``default`` (the input
@@ -754,11 +759,12 @@ def decode_choice(model_dir: str | Path, cfg: Mapping, *, source: str, target: s
     decode than by one choice for the data set (``rule``: :data:`NEAREST_RULE`), and the transform
     predicts one cell type ``group``, ``group_mean()`` (its source cells' mean expression and the gene
     names) finds the validated cell type nearest to it (never ``group`` itself), whose best decode
-    is chosen (``nearest``, ``distance``; ``data_set_choice`` is what the data set's choice was)."""
-    v, reason = model_validation(model_dir, cfg, source=source, target=target)
+    is chosen (``nearest``, ``distance``; ``data_set_choice`` is what the data set's choice was).
+    ``validation``: what :func:`model_validation` returned for this task, when the caller has it."""
+    v, reason = validation or model_validation(model_dir, cfg, source=source, target=target)
     if v is None:
         return {"chosen": default, "by": "default", "scores": {}, "folds": 0, "reason": reason}
-    path = Path(model_dir) / VALIDATION_DIR / "validation.json"
+    path = validation_path(model_dir)
     c = v["chosen_decode"]
     choice = {"chosen": c["chosen"], "by": "validation", "scores": {k: float(x) for k, x in c["scores"].items()
                                                                      if x is not None},
